@@ -1,0 +1,65 @@
+"""Checkpoints of deployable classifiers: weights, architecture, resolved config and metadata in one file.
+
+Loaded with `weights_only=True`, so a checkpoint can hold tensors and plain data but never code.
+"""
+
+from __future__ import annotations
+
+import io
+
+import torch
+
+from raygap import storage
+from raygap.errors import UserError
+from raygap.models import Classifier, build_model
+
+FORMAT = "raygap-classifier-1"
+
+
+def arch_of(model: Classifier, name: str, in_shape) -> dict:
+    neck = model.neck
+    neck_width = 0 if isinstance(neck, torch.nn.Identity) else model.feature_dim
+    return {"model": name, "in_shape": list(in_shape), "num_classes": model.head.out_features,
+            "neck_width": neck_width}
+
+
+def save(path: str, model: Classifier, arch: dict, config: dict, meta: dict) -> str:
+    buffer = io.BytesIO()
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"format": FORMAT, "arch": arch, "state_dict": state, "config": config, "meta": meta}, buffer)
+    storage.write_bytes(path, buffer.getvalue())
+    return path
+
+
+def load(path: str, map_location="cpu") -> tuple[Classifier, dict]:
+    """(model in eval mode, the whole payload); a corrupt or foreign file raises UserError."""
+    if not storage.exists(path):
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(io.BytesIO(storage.read_bytes(path)), map_location=map_location, weights_only=True)
+    except Exception as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"cannot read checkpoint {path}: {reason}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise UserError(f"{path} is not a raygap checkpoint (made by raygap.pretrain / raygap.train)")
+    arch = payload["arch"]
+    channels = arch["in_shape"][0]
+    model = build_model(arch["model"], arch["in_shape"], arch["num_classes"], [0.0] * channels, [1.0] * channels,
+                        neck_width=arch["neck_width"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as err:
+        raise UserError(f"checkpoint {path} does not match its architecture {arch['model']}: "
+                        f"{str(err).splitlines()[0]}") from None
+    return model.eval(), payload
+
+
+def check_compatible(arch: dict, path: str, model_name: str, in_shape, num_classes: int) -> None:
+    """Refuse a checkpoint made for another architecture or other images than the configured ones."""
+    if arch["model"] != model_name:
+        raise UserError(f"checkpoint {path} is a {arch['model']}, but model={model_name} is configured; "
+                        f"pass model={arch['model']}")
+    if list(in_shape) != list(arch["in_shape"]) or num_classes != arch["num_classes"]:
+        raise UserError(f"checkpoint {path} takes {tuple(arch['in_shape'])} images in {arch['num_classes']} "
+                        f"classes, but the configured data has {tuple(in_shape)} images in {num_classes} classes; "
+                        f"pass the data= it was trained on")

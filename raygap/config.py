@@ -1,0 +1,252 @@
+"""Typed configuration: Hydra composes `search_spaces/` with command-line overrides, then `validate` checks it.
+
+Types and the set of keys come from the dataclasses below (an unknown key or a value of the wrong type
+is refused by OmegaConf); `validate` checks the ranges. Both run before any Ray process starts.
+Each method's hyperparameters are a dataclass next to its loss in `raygap/methods/`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional
+
+from omegaconf import MISSING, SI, DictConfig, OmegaConf
+
+from raygap import storage
+from raygap.errors import UserError
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    root: str = "./data"  # torchvision data sets and ImageFolder trees
+    path: str = ""  # the .npz file for data=npz
+    download: bool = False
+    val_fraction: float = 0.15  # carved from the training data
+    test_fraction: float = 0.2  # carved only where the data set has no official test split
+    split_seed: int = 0
+    mean: List[float] = field(default_factory=list)  # empty: computed on the training split
+    std: List[float] = field(default_factory=list)
+    crop_padding: int = 0  # random crop after zero padding, 0 = off
+    flip: bool = False  # random horizontal flip
+    eps: float = 8 / 255  # the customary L-inf budget for this data: default of attack.eps and eval.eps
+    resident: str = "auto"  # where the whole data set is held: auto, device or host
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+
+
+@dataclass
+class AttackConfig:
+    """The training attack; validation and evaluation attacks are set under `eval`."""
+
+    name: str = "pgd"  # pgd, fgsm or cw
+    eps: float = SI("${data.eps}")
+    steps: int = 10
+    step_size: Optional[float] = None  # None: 2.5 eps / steps (FGSM: 1.25 eps)
+    norm: str = "linf"
+    random_start: bool = True
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 128  # global batch: each of N workers takes batch_size / N
+    lr: float = 0.025
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "step"  # step (x lr_decay at each milestone), cosine or constant
+    milestones: List[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of training
+    lr_decay: float = 0.1
+    ema: bool = True  # evaluate and export the weight EMA (decay min(ema_decay, (t+1)/(t+10)))
+    ema_decay: float = 0.999
+    seed: int = 0
+    workers: int = 0  # 0: in this process; N >= 1: a Ray Train run with N workers
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU), bf16 or fp32
+    channels_last: bool = True  # on CUDA only
+    compile: bool = False
+    max_failures: int = 0
+
+
+@dataclass
+class EvalConfig:
+    attacks: List[str] = field(default_factory=lambda: ["clean", "fgsm", "pgd20", "cw", "autoattack"])
+    n: int = 1000  # test examples evaluated; 0 = all
+    out: str = ""  # JSON path; empty: eval.json beside the checkpoint
+    eps: float = SI("${data.eps}")
+    norm: str = "linf"
+    batch_size: int = 500
+    val_attack: str = "pgd10"  # the per-epoch robust metric on the validation split
+    val_n: int = 0  # validation examples per epoch; 0 = all
+    seed: int = 0
+
+
+@dataclass
+class RaygapConfig:
+    data: DataConfig = MISSING
+    model: ModelConfig = MISSING
+    method: Any = MISSING
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(
+        epochs=30, lr=0.05, schedule="cosine", ema=False))
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    storage: str = "./raygap_results"  # a local folder or a pyarrow URI (s3://, gs://)
+    name: str = ""  # experiment name; empty: derived from the config, so a re-run finds its run again
+    checkpoint: str = ""  # the checkpoint to evaluate
+    pretrained: str = ""  # start fine-tuning from this checkpoint instead of the cached natural model
+
+
+def config_dir() -> Path:
+    """search_spaces/ beside the package (a checkout or an editable install) or inside it (a wheel)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "search_spaces", here.parent / "search_spaces"):
+        if candidate.is_dir():
+            return candidate
+    raise UserError(f"cannot find the search_spaces/ config folder next to {here}")
+
+
+def _register():
+    from hydra.core.config_store import ConfigStore
+
+    from raygap.methods import METHODS
+
+    store = ConfigStore.instance()
+    store.store(name="raygap_schema", node=RaygapConfig)
+    for name, method in METHODS.items():
+        store.store(group="method", name=name, node=method.Params)
+
+
+def _one_line(err: Exception) -> str:
+    """Hydra and OmegaConf errors span several lines; keep what says what is wrong and where."""
+    from hydra.errors import MissingConfigException
+
+    if isinstance(err, MissingConfigException) and err.options:
+        group, _, option = str(err.missing_cfg_file).partition("/")
+        return f"unknown {group} '{option}'; choose one of: {', '.join(err.options)}"
+    cause = err.__cause__ or err
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    key = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("full_key:")), "")
+    if " not in " in lines[0] and key:
+        return f"unknown config key '{key}' (print the config's keys with --cfg)"
+    return f"{key}: {lines[0]}" if key else lines[0]
+
+
+def load(overrides: list[str], config_name: str = "raygap") -> DictConfig:
+    """Compose `search_spaces/<config_name>.yaml` with Hydra overrides, resolve and validate it."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    directory = config_dir()
+    if not (directory / f"{config_name}.yaml").is_file():
+        names = sorted(p.stem for p in directory.glob("*.yaml"))
+        raise UserError(f"unknown search space '{config_name}'; choose one of: {', '.join(names)}")
+    for override in overrides:
+        if override.startswith(("+", "~")):
+            raise UserError(f"bad config: '{override}' adds or deletes a key; raygap's keys are fixed, "
+                            f"set an existing one with key=value (print them with --cfg)")
+    _register()
+    try:
+        with initialize_config_dir(config_dir=str(directory), version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=list(overrides))
+        OmegaConf.resolve(cfg)
+    except (HydraException, OmegaConfBaseException, ValueError) as err:
+        raise UserError(f"bad config: {_one_line(err)}") from None
+    validate(cfg)
+    # Ray runs trials and workers in other folders: every local path becomes absolute here.
+    cfg.storage = storage.absolute(cfg.storage)
+    for key in ("checkpoint", "pretrained", "data.root", "data.path", "eval.out"):
+        value = OmegaConf.select(cfg, key)
+        if value:
+            OmegaConf.update(cfg, key, storage.absolute(value))
+    return cfg
+
+
+def _require(ok: bool, key: str, why: str):
+    if not ok:
+        raise UserError(f"bad config: {key} {why}")
+
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Range checks that types cannot express; raises UserError with one line naming the key."""
+    from raygap.attacks import NORMS, make_attack
+    from raygap.data import DATASETS
+    from raygap.methods import METHODS
+    from raygap.models import BACKBONES
+
+    _require(cfg.data.name != "npz" or bool(cfg.data.path), "data.path", "is required for data=npz: the .npz file")
+    _require(cfg.data.name in DATASETS, "data.name", f"'{cfg.data.name}' is unknown; choose one of: {', '.join(DATASETS)}")
+    _require(cfg.model.name in BACKBONES, "model.name", f"'{cfg.model.name}' is unknown; choose one of: {', '.join(BACKBONES)}")
+    for key in ("val_fraction", "test_fraction"):
+        _require(0 < cfg.data[key] < 1, f"data.{key}", f"must lie strictly between 0 and 1, got {cfg.data[key]}")
+    _require(cfg.data.crop_padding >= 0, "data.crop_padding", "must be >= 0")
+    _require(cfg.data.resident in ("auto", "device", "host"), "data.resident", "must be auto, device or host")
+    _require(len(cfg.data.mean) == len(cfg.data.std), "data.mean", "and data.std must have the same length")
+    _require(all(s > 0 for s in cfg.data.std), "data.std", "must be positive")
+    for node in ("attack", "eval"):
+        eps, norm = cfg[node].eps, cfg[node].norm
+        _require(norm in NORMS, f"{node}.norm", f"'{norm}' is unknown; choose one of: {', '.join(NORMS)}")
+        _require(math.isfinite(eps) and eps >= 0, f"{node}.eps", f"must be >= 0, got {eps}")
+        _require(norm != "linf" or eps <= 1, f"{node}.eps", f"= {eps} covers the whole [0, 1] pixel range; "
+                 f"an L-inf budget is a fraction such as 8/255 = 0.0314")
+    _require(cfg.attack.name in ("pgd", "fgsm", "cw"), "attack.name", f"'{cfg.attack.name}' is unknown; choose pgd, fgsm or cw")
+    _require(cfg.attack.steps >= 1, "attack.steps", f"must be >= 1, got {cfg.attack.steps}")
+    _require(cfg.attack.step_size is None or cfg.attack.step_size > 0, "attack.step_size", "must be > 0 (or null for 2.5 eps / steps)")
+    for node in ("train", "pretrain"):
+        t = cfg[node]
+        _require(t.epochs >= 1, f"{node}.epochs", f"must be >= 1, got {t.epochs}")
+        _require(t.batch_size >= 1, f"{node}.batch_size", f"must be >= 1, got {t.batch_size}")
+        _require(t.lr > 0 and math.isfinite(t.lr), f"{node}.lr", f"must be > 0, got {t.lr}")
+        _require(0 <= t.momentum < 1, f"{node}.momentum", "must lie in [0, 1)")
+        _require(t.weight_decay >= 0, f"{node}.weight_decay", "must be >= 0")
+        _require(t.schedule in ("step", "cosine", "constant"), f"{node}.schedule", "must be step, cosine or constant")
+        _require(all(0 < m < 1 for m in t.milestones), f"{node}.milestones", "are fractions of training in (0, 1)")
+        _require(0 < t.lr_decay <= 1, f"{node}.lr_decay", "must lie in (0, 1]")
+        _require(0 < t.ema_decay < 1, f"{node}.ema_decay", "must lie in (0, 1)")
+        _require(t.workers >= 0, f"{node}.workers", "must be >= 0 (0 trains in this process)")
+        _require(t.gpus_per_worker >= 0 and t.cpus_per_worker > 0, f"{node}.gpus_per_worker",
+                 "must be >= 0 and cpus_per_worker > 0")
+        _require(t.precision in ("auto", "bf16", "fp32"), f"{node}.precision", "must be auto, bf16 or fp32")
+        _require(t.max_failures >= -1, f"{node}.max_failures", "must be >= 0 (or -1 for unlimited retries)")
+        _require(t.workers <= 1 or t.batch_size >= t.workers, f"{node}.batch_size",
+                 f"({t.batch_size}) must be at least the number of workers ({t.workers})")
+    for name in list(cfg.eval.attacks) + [cfg.eval.val_attack]:
+        make_attack(name, eps=cfg.eval.eps, norm=cfg.eval.norm)
+    _require(cfg.eval.n >= 0 and cfg.eval.val_n >= 0, "eval.n", "and eval.val_n must be >= 0 (0 = all)")
+    _require(cfg.eval.batch_size >= 1, "eval.batch_size", "must be >= 1")
+    _require(cfg.method.name in METHODS, "method", f"'{cfg.method.name}' is unknown; choose one of: {', '.join(METHODS)}")
+    for key, why in METHODS[cfg.method.name].check(cfg.method):
+        _require(False, f"method.{key}", why)
+    _require(cfg.name == "" or bool(NAME.fullmatch(cfg.name)), "name",
+             f"'{cfg.name}' must be letters, digits, '.', '_' or '-' (no '/' or '..'), so it stays inside storage")
+    _require(cfg.name not in (".", ".."), "name", "cannot be '.' or '..'")
+    _require(bool(cfg.storage), "storage", "must not be empty")
+
+
+def digest(node: Any, length: int = 10) -> str:
+    """A short stable hash of a config (node), the key of caches and default run names."""
+    plain = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    text = json.dumps(plain, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def as_dict(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def from_dict(plain: dict) -> DictConfig:
+    """Rebuild a config that was passed through Ray as a plain dict (it was validated before)."""
+    return OmegaConf.create(plain)

@@ -1,0 +1,254 @@
+"""Data sets as uint8 NCHW tensors, seeded train/validation/test splits, and device-resident batching.
+
+Every loader returns uint8 images; they become floats in [0, 1] on the training device, batch by
+batch. The validation split is carved from the training data with `data.split_seed`; the test split
+is the data set's official one where it has one, else carved first, and is never used to choose anything.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from raygap.errors import UserError
+
+DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "folder", "npz")
+
+
+@dataclass
+class Split:
+    x: torch.Tensor  # uint8, N x C x H x W
+    y: torch.Tensor  # int64, N
+
+    def __len__(self):
+        return len(self.y)
+
+    def to(self, device) -> "Split":
+        return Split(self.x.to(device), self.y.to(device))
+
+
+@dataclass
+class Dataset:
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+    mean: list
+    std: list
+
+    @property
+    def in_shape(self) -> tuple:
+        return tuple(self.train.x.shape[1:])
+
+
+def _missing(name: str, where: Path, files: str) -> UserError:
+    return UserError(f"data set '{name}' not found at {where} (expected {files}); "
+                     f"set data.root to where it lies, or data.download=true to fetch it")
+
+
+def _digits(cfg):
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()  # shipped inside scikit-learn: works offline
+    x = np.rint(digits.images * (255 / 16)).astype(np.uint8)[:, None]
+    return (x, digits.target), None
+
+
+def _mnist(cfg, cls_name):
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, cls_name)
+    root = Path(cfg.root)
+    try:
+        parts = [cls(str(root), train=train, download=cfg.download) for train in (True, False)]
+    except RuntimeError as err:
+        if "not found" in str(err).lower():
+            raise _missing(cfg.name, root / cls_name / "raw", "the four idx files") from None
+        raise UserError(f"cannot read {cfg.name} under {root}: {err}") from None
+    return [(p.data.numpy()[:, None], p.targets.numpy()) for p in parts]
+
+
+def _cifar(cfg, classes):
+    import torchvision.datasets as tvd
+
+    folder, files, label_key, cls = {
+        10: ("cifar-10-batches-py", ([f"data_batch_{i}" for i in range(1, 6)], ["test_batch"]), "labels", tvd.CIFAR10),
+        100: ("cifar-100-python", (["train"], ["test"]), "fine_labels", tvd.CIFAR100),
+    }[classes]
+    root = Path(cfg.root)
+    if not (root / folder).is_dir() and cfg.download:
+        cls(str(root), download=True)
+    out = []
+    for names in files:
+        xs, ys = [], []
+        for name in names:
+            path = root / folder / name
+            if not path.is_file():
+                raise _missing(cfg.name, root / folder, ", ".join(sum(files, [])))
+            try:
+                with open(path, "rb") as fh:
+                    batch = pickle.load(fh, encoding="latin1")
+                xs.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+                ys.append(np.asarray(batch[label_key]))
+            except Exception as err:
+                raise UserError(f"cannot read {path}: {err}; delete it and fetch the data again") from None
+        out.append((np.concatenate(xs), np.concatenate(ys)))
+    return out
+
+
+def _svhn(cfg):
+    import scipy.io
+    import torchvision.datasets as tvd
+
+    root = Path(cfg.root)
+    out = []
+    for split in ("train", "test"):
+        path = root / f"{split}_32x32.mat"
+        if not path.is_file() and cfg.download:
+            tvd.SVHN(str(root), split=split, download=True)
+        if not path.is_file():
+            raise _missing("svhn", root, "train_32x32.mat and test_32x32.mat")
+        try:
+            mat = scipy.io.loadmat(path)
+        except Exception as err:
+            raise UserError(f"cannot read {path}: {err}") from None
+        y = mat["y"].astype(np.int64).reshape(-1) % 10  # SVHN labels the digit 0 as 10
+        out.append((np.transpose(mat["X"], (3, 2, 0, 1)), y))
+    return out
+
+
+def _folder(cfg):
+    from PIL import Image
+    from torchvision.datasets import ImageFolder
+
+    root = Path(cfg.root)
+    if not root.is_dir():
+        raise UserError(f"data.root {root} is not a folder; point it at an ImageFolder tree (root/<class>/<image>)")
+    has_official = (root / "train").is_dir() and (root / "test").is_dir()
+    parts = [root / "train", root / "test"] if has_official else [root]
+    out, classes = [], None
+    for part in parts:
+        try:
+            folder = ImageFolder(str(part), loader=Image.open)
+        except (FileNotFoundError, OSError) as err:
+            raise UserError(f"cannot read the ImageFolder tree at {part}: {err}") from None
+        if classes is not None and folder.classes != classes:
+            raise UserError(f"{root}/train and {root}/test have different class folders")
+        classes = folder.classes
+        images = []
+        for path, _ in folder.samples:
+            with Image.open(path) as img:
+                images.append(np.asarray(img.convert("L" if img.mode in ("L", "1", "I;16") else "RGB")))
+        shapes = {im.shape for im in images}
+        if len(shapes) > 1:
+            raise UserError(f"images under {part} have different sizes {sorted(shapes)[:2]}; resize them to one size")
+        x = np.stack(images)
+        x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+        out.append((x, np.asarray(folder.targets)))
+    return out if has_official else (out[0], None)
+
+
+def _npz(cfg):
+    path = Path(cfg.path)
+    if not path.is_file():
+        raise UserError(f"data.path {path} does not exist; give an .npz with arrays x (uint8 images) and y (labels)")
+    try:
+        arrays = dict(np.load(path))
+    except Exception as err:
+        raise UserError(f"cannot read {path} as .npz: {err}") from None
+    if "x" not in arrays or "y" not in arrays:
+        raise UserError(f"{path} must hold arrays 'x' and 'y' (it has: {', '.join(arrays) or 'none'})")
+
+    def images(x, key):
+        if x.dtype != np.uint8:
+            raise UserError(f"{path}: '{key}' is {x.dtype}; store images as uint8 in 0..255")
+        if x.ndim == 3:
+            return x[:, None]
+        if x.ndim == 4 and x.shape[1] in (1, 3):
+            return x
+        if x.ndim == 4 and x.shape[3] in (1, 3):
+            return x.transpose(0, 3, 1, 2)
+        raise UserError(f"{path}: '{key}' has shape {x.shape}; expected N x H x W, NCHW or NHWC with 1 or 3 channels")
+
+    train = (images(arrays["x"], "x"), arrays["y"])
+    test = (images(arrays["x_test"], "x_test"), arrays["y_test"]) if "x_test" in arrays else None
+    return train, test
+
+
+LOADERS = {
+    "digits": _digits,
+    "mnist": lambda cfg: _mnist(cfg, "MNIST"),
+    "fashion_mnist": lambda cfg: _mnist(cfg, "FashionMNIST"),
+    "cifar10": lambda cfg: _cifar(cfg, 10),
+    "cifar100": lambda cfg: _cifar(cfg, 100),
+    "svhn": _svhn,
+    "folder": _folder,
+    "npz": _npz,
+}
+
+
+def _split(n: int, fraction: float, generator) -> tuple:
+    perm = torch.randperm(n, generator=generator)
+    cut = int(round(n * fraction))
+    return perm[cut:], perm[:cut]
+
+
+def load(cfg) -> Dataset:
+    """Load `cfg` (the `data` config node) with its seeded splits, on the CPU."""
+    if cfg.name not in LOADERS:
+        raise UserError(f"unknown data set '{cfg.name}'; choose one of: {', '.join(DATASETS)}")
+    train, test = LOADERS[cfg.name](cfg)
+    x = torch.from_numpy(np.ascontiguousarray(train[0]))
+    y = torch.from_numpy(np.asarray(train[1], dtype=np.int64))
+    if len(x) != len(y):
+        raise UserError(f"data set '{cfg.name}' has {len(x)} images but {len(y)} labels")
+    generator = torch.Generator().manual_seed(cfg.split_seed)
+    if test is None:
+        keep, held = _split(len(y), cfg.test_fraction, generator)
+        test_split = Split(x[held], y[held])
+        x, y = x[keep], y[keep]
+    else:
+        test_split = Split(torch.from_numpy(np.ascontiguousarray(test[0])),
+                           torch.from_numpy(np.asarray(test[1], dtype=np.int64)))
+        if test_split.x.shape[1:] != x.shape[1:]:
+            raise UserError(f"data set '{cfg.name}': train images are {tuple(x.shape[1:])}, test images "
+                            f"{tuple(test_split.x.shape[1:])}")
+    keep, held = _split(len(y), cfg.val_fraction, generator)
+    train_split, val_split = Split(x[keep], y[keep]), Split(x[held], y[held])
+    num_classes = int(max(y.max(), test_split.y.max())) + 1
+    if min(len(train_split), len(val_split), len(test_split)) == 0:
+        raise UserError(f"data set '{cfg.name}' is too small for its splits "
+                        f"(train {len(train_split)}, val {len(val_split)}, test {len(test_split)})")
+    floats = train_split.x.float() / 255
+    mean = list(cfg.mean) or floats.mean((0, 2, 3)).tolist()
+    std = list(cfg.std) or floats.std((0, 2, 3)).clamp_min(1e-3).tolist()
+    return Dataset(train_split, val_split, test_split, num_classes, mean, std)
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    return x.float().div_(255)
+
+
+def augment(x: torch.Tensor, crop_padding: int, flip: bool, generator=None) -> torch.Tensor:
+    """Random crop with zero padding and random horizontal flip, on whatever device `x` is."""
+    n, _, h, w = x.shape
+    if crop_padding:
+        p = crop_padding
+        padded = F.pad(x, (p, p, p, p))
+        dy = torch.randint(0, 2 * p + 1, (n, 1, 1, 1), device=x.device, generator=generator)
+        dx = torch.randint(0, 2 * p + 1, (n, 1, 1, 1), device=x.device, generator=generator)
+        rows = dy + torch.arange(h, device=x.device).view(1, 1, h, 1)
+        cols = dx + torch.arange(w, device=x.device).view(1, 1, 1, w)
+        batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
+        channel = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1)
+        x = padded[batch, channel, rows, cols]  # one gather; indices broadcast to N x C x H x W
+    if flip:
+        mask = torch.rand(n, 1, 1, 1, device=x.device, generator=generator) < 0.5
+        x = torch.where(mask, x.flip(3), x)
+    return x
+

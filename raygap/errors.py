@@ -1,0 +1,5 @@
+"""The one exception type for mistakes a user can fix: entry points print it as one line and exit 2."""
+
+
+class UserError(Exception):
+    """Bad input (config, data, checkpoint, resources); its message says what is wrong and how to fix it."""

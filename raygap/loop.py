@@ -1,0 +1,270 @@
+"""The per-worker training loop, shared by natural pre-training and every defence.
+
+`train_loop(job)` is a plain function: it runs in this process (train.workers=0) or, unchanged, on
+every worker of a Ray Train run. It holds the data on the training device, makes adversarial examples
+on the module in eval mode, steps SGD with the configured schedule, keeps a weight EMA, measures clean
+and robust validation accuracy each epoch, reports every epoch with a checkpoint of the whole training
+state, and on rank 0 exports the deployable classifier at the end.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+import time
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from raygap import checkpoint as ckpt
+from raygap import data, storage
+from raygap.attacks import make_attack
+from raygap.config import from_dict
+from raygap.evaluate import autocast, correct_count
+from raygap.methods import METHODS
+from raygap.models import build_model, forward_flops
+
+# Dense bf16 / fp32 peak FLOP/s of common accelerators, for model FLOP utilisation (MFU).
+PEAK_FLOPS = {"H100": (989e12, 67e12), "H200": (989e12, 67e12), "A100": (312e12, 19.5e12),
+              "L40S": (362e12, 91.6e12), "L4": (121e12, 30e12), "A10G": (125e12, 31e12), "V100": (125e12, 15.7e12),
+              "T4": (65e12, 8.1e12)}
+
+
+class EMA:
+    """Weight EMA with AFD's warm-up rule: decay = min(max_decay, (t + 1) / (t + 10)) at update t."""
+
+    def __init__(self, module: nn.Module, max_decay: float):
+        self.module = copy.deepcopy(module).eval().requires_grad_(False)
+        self.max_decay = max_decay
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, module: nn.Module):
+        decay = min(self.max_decay, (self.updates + 1) / (self.updates + 10))
+        self.updates += 1
+        mine = [t for t in self._tensors(self.module)]
+        theirs = [t for t in self._tensors(module)]
+        floats = [(a, b) for a, b in zip(mine, theirs) if a.is_floating_point()]
+        torch._foreach_lerp_([a for a, _ in floats], [b for _, b in floats], 1 - decay)
+        for a, b in zip(mine, theirs):
+            if not a.is_floating_point():
+                a.copy_(b)  # counters such as BatchNorm's num_batches_tracked
+
+    @staticmethod
+    def _tensors(module):
+        return list(module.parameters()) + list(module.buffers())
+
+    def state_dict(self):
+        return {"module": self.module.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state):
+        self.module.load_state_dict(state["module"])
+        self.updates = state["updates"]
+
+
+def lr_factor(t, progress: float) -> float:
+    """The learning-rate multiplier at `progress` (0..1) of training for schedule `t.schedule`."""
+    if t.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    if t.schedule == "step":
+        return t.lr_decay ** sum(progress >= m for m in t.milestones)
+    return 1.0
+
+
+class LocalContext:
+    """One process, checkpoints in `run_dir/state.pt` (latest only)."""
+
+    rank, world, cpus = 0, 1, 1.0
+
+    def __init__(self, run_dir: str):
+        self.path = storage.join(run_dir, "state.pt")
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.gpus = 1.0 if self.device.type == "cuda" else 0.0
+
+    def restore(self):
+        if not storage.exists(self.path):
+            return None
+        return torch.load(io.BytesIO(storage.read_bytes(self.path)), map_location=self.device, weights_only=True)
+
+    def report(self, metrics: dict, state: dict):
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        storage.write_bytes(self.path, buffer.getvalue())
+
+
+def place(split: data.Split, device: torch.device, resident: str) -> data.Split:
+    """The whole split on the training device when it fits (CIFAR-10 takes 150 MB), else in host memory."""
+    if resident == "host" or device.type == "cpu":
+        return split
+    if resident == "auto":
+        free, _ = torch.cuda.mem_get_info(device)
+        if split.x.numel() > 0.25 * free:
+            return data.Split(split.x.pin_memory(), split.y.pin_memory())
+    return split.to(device)
+
+
+def start_model(job: dict, dataset: data.Dataset) -> nn.Module:
+    cfg = from_dict(job["cfg"])
+    if job.get("start"):
+        model, payload = ckpt.load(job["start"])
+        ckpt.check_compatible(payload["arch"], job["start"], cfg.model.name, dataset.in_shape, dataset.num_classes)
+        return model
+    return build_model(cfg.model.name, dataset.in_shape, dataset.num_classes, dataset.mean, dataset.std)
+
+
+def _state_to(state, device):
+    return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in state.items()}
+
+
+def train_loop(job: dict, context=None) -> dict | None:
+    """Train `job["cfg"]` with the settings of node `job["stage"]` (train or pretrain).
+
+    job: {"cfg": plain config, "stage": "train" | "pretrain", "start": checkpoint to start from or None,
+    "run_dir": where the exported model goes, "label": the name shown in progress lines}.
+    Returns the final metrics on rank 0.
+    """
+    cfg = from_dict(job["cfg"])
+    t = cfg[job["stage"]]
+    context = context or LocalContext(job["run_dir"])
+    rank, world, device = context.rank, context.world, context.device
+    bf16 = device.type == "cuda" and t.precision in ("auto", "bf16")
+    channels_last = device.type == "cuda" and t.channels_last
+    torch.manual_seed(t.seed)
+
+    dataset = data.load(cfg.data)
+    train_split = place(dataset.train, device, cfg.data.resident)
+    val = dataset.val if not cfg.eval.val_n else data.Split(dataset.val.x[:cfg.eval.val_n], dataset.val.y[:cfg.eval.val_n])
+    val_shard = data.Split(val.x[rank::world], val.y[rank::world]).to(device)
+
+    method_name = "natural" if job["stage"] == "pretrain" else cfg.method.name
+    method_module = METHODS[method_name]
+    a = cfg.attack
+    attack = make_attack(a.name, eps=a.eps, norm=a.norm, steps=a.steps, step_size=a.step_size,
+                         random_start=a.random_start)
+    params = cfg.method if method_name == cfg.method.name else method_module.Params()
+    objective = method_module.Objective(start_model(job, dataset), params, attack)
+    if hasattr(objective, "teacher"):
+        objective.teacher.to(device)
+    module = objective.module.to(device)
+    if channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    val_attack = make_attack(cfg.eval.val_attack, eps=cfg.eval.eps, norm=cfg.eval.norm)
+
+    per_worker_batch = max(1, t.batch_size // world)
+    epoch_len = len(train_split) - len(train_split) % world  # equal shards, so DDP ranks stay in step
+    steps_per_epoch = math.ceil(epoch_len // world / per_worker_batch)
+    optimizer = torch.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=t.lr,
+                                momentum=t.momentum, weight_decay=t.weight_decay)
+    total_steps = steps_per_epoch * t.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(t, step / total_steps))
+    ema = EMA(module, t.ema_decay) if t.ema else None
+    net = module
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+    if t.compile:
+        net = torch.compile(net)
+
+    history, start_epoch = [], 0
+    state = context.restore()
+    if state is not None:
+        module.load_state_dict(state["module"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if ema:
+            ema.load_state_dict(state["ema"])
+        history, start_epoch = state["history"], state["epoch"] + 1
+
+    flops_per_image = forward_flops(objective.export(module), dataset.in_shape) * objective.passes(a.steps)
+    peak = _peak_flops(device, bf16) * world
+    for epoch in range(start_epoch, t.epochs):
+        started = time.perf_counter()
+        # Seeds per (seed, epoch, rank): a run resumed from epoch k's checkpoint replays epoch k+1 exactly.
+        order = torch.randperm(len(train_split), generator=torch.Generator().manual_seed(t.seed * 100_003 + epoch))
+        torch.manual_seed(t.seed * 1_000_003 + epoch * 101 + rank)
+        shard = order[:epoch_len][rank::world]
+        sums = {}
+        for begin in range(0, len(shard), per_worker_batch):
+            index = shard[begin:begin + per_worker_batch]
+            x = data.to_float(train_split.x[index].to(device, non_blocking=True))
+            y = train_split.y[index].to(device, non_blocking=True)
+            x = data.augment(x, cfg.data.crop_padding, cfg.data.flip)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            module.eval()
+            with autocast(device, bf16):
+                x_adv = objective.adversarial(module, x, y)
+            module.train()
+            with autocast(device, bf16):
+                parts = objective.loss(net, x, y, x_adv)
+            optimizer.zero_grad(set_to_none=True)
+            parts["loss"].backward()
+            optimizer.step()
+            scheduler.step()
+            if ema:
+                ema.update(module)
+            for key, value in parts.items():
+                sums[key] = sums.get(key, 0) + value.detach().float() * len(y)
+        train_seconds = time.perf_counter() - started
+        losses = _mean_over_workers(sums, len(shard), world)
+
+        evaluated = ema.module if ema else module
+        evaluated.eval()
+        counts = torch.stack([correct_count(evaluated, val_shard, None, cfg.eval.batch_size, bf16),
+                              correct_count(evaluated, val_shard, val_attack, cfg.eval.batch_size, bf16)]).float()
+        if world > 1:
+            dist.all_reduce(counts)
+        clean_acc, robust_acc = (counts / len(val)).tolist()
+        wall = time.perf_counter() - started
+        images_per_s = epoch_len / train_seconds
+        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **losses, "clean_acc": clean_acc,
+               "robust_acc": robust_acc, "images_per_s": images_per_s,
+               "mfu": images_per_s * flops_per_image / peak if peak else None,
+               "train_seconds": train_seconds, "wall_seconds": wall,
+               "gpu_seconds": wall * context.gpus * world, "cpu_seconds": wall * context.cpus * world}
+        history.append(row)
+        if rank == 0:
+            _print_progress(job.get("label", job["stage"]), row, history, t.epochs)
+        state = {"epoch": epoch, "module": module.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema else None, "history": history}
+        context.report(row, state if rank == 0 else None)
+
+    if rank != 0:
+        return None
+    final = objective.export(ema.module if ema else module).float().cpu().eval()
+    final = final.to(memory_format=torch.contiguous_format)
+    arch = ckpt.arch_of(final, cfg.model.name, dataset.in_shape)
+    meta = {"method": method_name, "stage": job["stage"], "epochs": t.epochs, "final": history[-1] if history else {}}
+    ckpt.save(storage.join(job["run_dir"], "model.pt"), final, arch, job["cfg"], meta)
+    return history[-1] if history else {}
+
+
+def _print_progress(label: str, row: dict, history: list, epochs: int):
+    done = len(history)
+    seconds = sum(r["wall_seconds"] for r in history[-3:]) / min(3, done)
+    eta = time.strftime("%H:%M:%S", time.gmtime(seconds * (epochs - row["epoch"])))
+    print(f"[{label}] epoch {row['epoch']}/{epochs}  loss {row.get('loss', float('nan')):.4f}  "
+          f"val clean {row['clean_acc']:.3f}  robust {row['robust_acc']:.3f}  "
+          f"{row['images_per_s']:.0f} img/s  eta {eta}", flush=True)
+
+
+def _mean_over_workers(sums: dict, count: int, world: int) -> dict:
+    if not sums:
+        return {}
+    keys = sorted(sums)
+    totals = torch.stack([sums[k] for k in keys])
+    if world > 1:
+        dist.all_reduce(totals)
+    return {f"loss_{k}" if k != "loss" else "loss": v for k, v in zip(keys, (totals / (count * world)).tolist())}
+
+
+def _peak_flops(device: torch.device, bf16: bool) -> float:
+    if device.type != "cuda":
+        return 0.0
+    name = torch.cuda.get_device_name(device)
+    for key, (bf16_peak, fp32_peak) in PEAK_FLOPS.items():
+        if key in name:
+            return bf16_peak if bf16 else fp32_peak
+    return 0.0
+

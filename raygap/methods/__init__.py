@@ -1,0 +1,9 @@
+"""Training objectives, one file each; the registry maps `method=<name>` to its module.
+
+Each module has `Params` (its hyperparameters, a dataclass), `check(params)` (range errors) and
+`Objective` (what is trained, how x' is made, the loss and the export; see base.Objective).
+"""
+
+from raygap.methods import afd, drrdn, mart, natural, pgd_at, trades, vaft
+
+METHODS = {m.Params.name: m for m in (natural, vaft, pgd_at, trades, mart, afd, drrdn)}

@@ -1,0 +1,39 @@
+"""MART (Wang et al., 2020): boosted CE on x' + beta * KL(p(x) || p(x')) weighted by 1 - p_y(x)."""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from raygap.methods.base import Objective as Base
+from raygap.methods.base import wrong_class
+
+
+@dataclass
+class Params:
+    name: str = "mart"
+    beta: float = 6.0
+
+
+def check(p):
+    return [] if p.beta >= 0 else [("beta", f"must be >= 0, got {p.beta}")]
+
+
+def terms(logits_nat, logits_adv, y):
+    """(boosted CE, misclassification-aware KL, the per-example weights 1 - p_y(x)), as in the MART code."""
+    p_adv = F.softmax(logits_adv.float(), 1)
+    boosted_ce = (F.cross_entropy(logits_adv.float(), y)
+                  + F.nll_loss(torch.log(1.0001 - p_adv + 1e-12), wrong_class(logits_adv, y)))
+    p_nat = F.softmax(logits_nat.float(), 1)
+    weights = 1.0000001 - p_nat.gather(1, y[:, None]).squeeze(1)
+    kl_per_example = (p_nat * (torch.log(p_nat + 1e-12) - torch.log(p_adv + 1e-12))).sum(1)
+    return boosted_ce, (kl_per_example * weights).mean(), weights
+
+
+class Objective(Base):
+    def passes(self, attack_steps):
+        return 2 * attack_steps + 6  # two forward/backward pairs (natural and adversarial)
+
+    def loss(self, net, x, y, x_adv):
+        boosted_ce, weighted_kl, _ = terms(net(x), net(x_adv), y)
+        return {"loss": boosted_ce + self.params.beta * weighted_kl, "bce": boosted_ce, "kl": weighted_kl}

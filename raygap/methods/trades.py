@@ -1,0 +1,42 @@
+"""TRADES (Zhang et al., 2019): CE(f(x), y) + beta * KL(p(x) || p(x')), x' maximising that KL."""
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+
+from raygap.methods.base import Objective as Base
+
+
+@dataclass
+class Params:
+    name: str = "trades"
+    beta: float = 6.0
+
+
+def check(p):
+    return [] if p.beta >= 0 else [("beta", f"must be >= 0, got {p.beta}")]
+
+
+def kl(logits_nat, logits_adv):
+    """KL(p(x) || p(x')) summed over classes, averaged over the batch, as in the TRADES code."""
+    return F.kl_div(F.log_softmax(logits_adv.float(), 1), F.softmax(logits_nat.float(), 1), reduction="batchmean")
+
+
+class Objective(Base):
+    def passes(self, attack_steps):
+        return 2 * attack_steps + 1 + 6  # + the clean forward of the attack, two forward/backward pairs
+
+    def adversarial(self, module, x, y):
+        p_nat = F.softmax(module(x).float(), 1).detach()
+        # The attack maximises the same KL the loss minimises; a random start is needed since its
+        # gradient vanishes at x' = x.
+        return self.attack(module, x, y, loss_fn=lambda logits, _: F.kl_div(
+            F.log_softmax(logits.float(), 1), p_nat, reduction="sum"))
+
+    def loss(self, net, x, y, x_adv):
+        # Two forward passes, as in the original code, so that batch norm sees clean and adversarial
+        # batches separately.
+        logits_nat = net(x)
+        ce = F.cross_entropy(logits_nat, y)
+        robust = kl(logits_nat, net(x_adv))
+        return {"loss": ce + self.params.beta * robust, "ce": ce, "kl": robust}

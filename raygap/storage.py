@@ -1,0 +1,65 @@
+"""Files under `storage`: a local folder or any pyarrow filesystem URI (s3://, gs://).
+
+Writes are atomic: on local disk a temporary file is renamed into place; on object stores a single
+PUT is atomic by itself. So a crash never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pyarrow.fs as pafs
+
+
+def is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def absolute(path: str) -> str:
+    """A URI as it is; a local path made absolute (with ~ expanded)."""
+    return path if is_uri(path) else os.path.abspath(os.path.expanduser(path))
+
+
+def join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *parts])
+
+
+def _fs(path: str):
+    return pafs.FileSystem.from_uri(path) if is_uri(path) else (pafs.LocalFileSystem(), os.path.abspath(path))
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    fs, where = _fs(path)
+    parent = where.rsplit("/", 1)[0]
+    fs.create_dir(parent, recursive=True)
+    if isinstance(fs, pafs.LocalFileSystem):
+        tmp = f"{parent}/.{os.path.basename(where)}.{uuid.uuid4().hex}.tmp"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, where)
+    else:
+        with fs.open_output_stream(where) as out:
+            out.write(data)
+
+
+def read_bytes(path: str) -> bytes:
+    fs, where = _fs(path)
+    with fs.open_input_stream(where) as stream:
+        return stream.read()
+
+
+def exists(path: str) -> bool:
+    fs, where = _fs(path)
+    return fs.get_file_info(where).type != pafs.FileType.NotFound
+
+
+def listdir(path: str) -> list[str]:
+    """Names of the files directly in folder `path` (none if it does not exist), sorted."""
+    fs, where = _fs(path)
+    if fs.get_file_info(where).type == pafs.FileType.NotFound:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(where))
+    return sorted(i.base_name for i in infos if i.type == pafs.FileType.File)

@@ -1,0 +1,53 @@
+import os
+
+import pytest
+import torch
+
+from raygap import checkpoint, config, pretrain
+from raygap.errors import UserError
+
+
+def test_pretraining_twice_reuses_the_cached_checkpoint(natural_digits):
+    cfg, path = natural_digits
+    mtime = os.path.getmtime(path)
+    again = pretrain.run(cfg)
+    assert again == {"checkpoint": path, "cached": True}
+    assert os.path.getmtime(path) == mtime
+
+
+def test_cache_key_ignores_execution_settings_but_not_training_settings(natural_digits):
+    cfg, _ = natural_digits
+    base = pretrain.cache_key(cfg)
+    same = config.load([f"storage={cfg.storage}", "pretrain.workers=2", "pretrain.cpus_per_worker=0.5"])
+    other = config.load([f"storage={cfg.storage}", "pretrain.seed=1"])
+    assert pretrain.cache_key(same) == base
+    assert pretrain.cache_key(other) != base
+
+
+def test_checkpoint_holds_config_and_loads_with_weights_only(natural_digits):
+    _, path = natural_digits
+    payload = torch.load(path, weights_only=True)
+    assert payload["format"] == checkpoint.FORMAT
+    assert payload["config"]["data"]["name"] == "digits"
+    model, _ = checkpoint.load(path)
+    assert model(torch.rand(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_foreign_and_corrupt_checkpoints_are_refused(tmp_path, natural_digits):
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weight": torch.zeros(3)}, foreign)
+    with pytest.raises(UserError, match="not a raygap checkpoint"):
+        checkpoint.load(str(foreign))
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(open(natural_digits[1], "rb").read()[:1000])
+    with pytest.raises(UserError, match="cannot read checkpoint"):
+        checkpoint.load(str(corrupt))
+
+
+def test_checkpoint_of_another_architecture_is_refused(natural_digits):
+    _, path = natural_digits
+    model, payload = checkpoint.load(path)
+    with pytest.raises(UserError, match="is a smallcnn, but model=resnet18"):
+        checkpoint.check_compatible(payload["arch"], path, "resnet18", (1, 8, 8), 10)
+    with pytest.raises(UserError, match="pass the data= it was trained on"):
+        checkpoint.check_compatible(payload["arch"], path, "smallcnn", (3, 32, 32), 10)

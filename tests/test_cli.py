@@ -1,0 +1,66 @@
+"""Bad input through the real command line: one clear line on stderr, exit status 2, nothing written."""
+
+import json
+
+import pytest
+
+from conftest import run_cli
+
+BAD = [
+    (["foo=1"], "unknown config key 'foo'"),
+    (["attack.eps=-0.1"], "attack.eps must be >= 0"),
+    (["attack.eps=3"], "covers the whole [0, 1] pixel range"),
+    (["attack.eps=abc"], "could not be converted to Float"),
+    (["attack.steps=0"], "attack.steps must be >= 1"),
+    (["data=imagenet21k"], "unknown data 'imagenet21k'"),
+    (["model=vit"], "unknown model 'vit'"),
+    (["attack.name=deepfool"], "attack.name 'deepfool' is unknown"),
+    (["eval.attacks=[clean,pgdx]"], "unknown attack 'pgdx'"),
+    (["data=cifar10", "data.root=/nonexistent"], "data.download=true"),
+    (["name=../escape"], "stays inside storage"),
+    (["method=afd", "method.disentangler_size=0"], "method.disentangler_size must be >= 1"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+    storage = tmp_path / "results"
+    proc = run_cli("pretrain", f"storage={storage}", *args)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("raygap: error:"), proc.stderr
+    assert message in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert not storage.exists()
+
+
+def test_unreadable_checkpoint_is_refused(tmp_path):
+    bad = tmp_path / "model.pt"
+    bad.write_text("garbage")
+    proc = run_cli("evaluate", f"checkpoint={bad}", f"eval.out={tmp_path / 'out.json'}")
+    assert proc.returncode == 2 and "cannot read checkpoint" in proc.stderr
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_checkpoint_on_images_of_the_wrong_shape_is_refused(tmp_path, natural_digits):
+    proc = run_cli("evaluate", f"checkpoint={natural_digits[1]}", "data=cifar10", f"data.root={tmp_path}")
+    # the data is missing, too; the shape is checked once the data loads, so write the data first
+    assert proc.returncode == 2
+    from test_data import write_cifar10
+
+    write_cifar10(tmp_path)
+    proc = run_cli("evaluate", f"checkpoint={natural_digits[1]}", "data=cifar10", f"data.root={tmp_path}")
+    assert proc.returncode == 2 and "takes (1, 8, 8) images" in proc.stderr
+
+
+def test_evaluate_writes_the_json_with_every_attack(tmp_path, natural_digits):
+    out = tmp_path / "eval.json"
+    proc = run_cli("evaluate", f"checkpoint={natural_digits[1]}", "eval.attacks=[clean,fgsm,pgd20,cw,autoattack]",
+                   "eval.n=100", f"eval.out={out}")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == str(out)
+    result = json.loads(out.read_text())
+    for key in ("clean_acc", "fgsm_acc", "pgd20_acc", "cw_acc", "autoattack_acc"):
+        assert 0 <= result[key] <= 1
+    assert result["threat_model"] == "Linf" and result["n_examples"] == 100 and result["architecture"] == "smallcnn"
+    assert result["autoattack_acc"] <= result["pgd20_acc"] <= result["fgsm_acc"] < result["clean_acc"]

@@ -1,0 +1,134 @@
+"""Each loader reads a small fixture written in the data set's real on-disk format."""
+
+import gzip
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import scipy.io
+import torch
+from PIL import Image
+
+from raygap import data
+from raygap.errors import UserError
+
+from conftest import load
+
+RNG = np.random.default_rng(0)
+
+
+def images(n, c, h, w):
+    return RNG.integers(0, 256, size=(n, c, h, w), dtype=np.uint8)
+
+
+def write_cifar10(root, per_batch=20):
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"data": images(per_batch, 3, 32, 32).reshape(per_batch, -1), "labels": list(RNG.integers(0, 10, per_batch))}
+        with open(folder / name, "wb") as fh:
+            pickle.dump(batch, fh)
+
+
+def write_idx(folder, prefix, n):
+    folder.mkdir(parents=True, exist_ok=True)
+    pixels = images(n, 1, 28, 28)[:, 0]
+    with open(folder / f"{prefix}-images-idx3-ubyte", "wb") as fh:
+        fh.write(struct.pack(">IIII", 2051, n, 28, 28) + pixels.tobytes())
+    with open(folder / f"{prefix}-labels-idx1-ubyte", "wb") as fh:
+        fh.write(struct.pack(">II", 2049, n) + RNG.integers(0, 10, n, dtype=np.uint8).tobytes())
+    return pixels
+
+
+def test_digits_splits_are_seeded_disjoint_and_complete(tmp_path):
+    cfg = load(storage=tmp_path)
+    a, b = data.load(cfg.data), data.load(cfg.data)
+    assert (len(a.train), len(a.val), len(a.test)) == (1222, 216, 359)
+    assert torch.equal(a.val.x, b.val.x) and torch.equal(a.test.y, b.test.y)
+    other = data.load(load("data.split_seed=1", storage=tmp_path).data)
+    assert not torch.equal(a.test.x, other.test.x)
+    rows = {bytes(x.numpy()) for split in (a.train, a.val, a.test) for x in split.x}
+    assert len(rows) > 1700  # the three splits are disjoint (a few digits are exact duplicates)
+    assert a.in_shape == (1, 8, 8) and a.num_classes == 10 and a.train.x.dtype == torch.uint8
+
+
+def test_cifar10_pickle_batches(tmp_path):
+    write_cifar10(tmp_path)
+    dataset = data.load(load("data=cifar10", f"data.root={tmp_path}", storage=tmp_path).data)
+    assert dataset.in_shape == (3, 32, 32)
+    assert len(dataset.test) == 20  # the official test batch
+    assert len(dataset.train) + len(dataset.val) == 100
+    assert dataset.mean == pytest.approx([0.4914, 0.4822, 0.4465])
+
+
+def test_cifar100_pickle_files(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    for name, n in (("train", 50), ("test", 10)):
+        with open(folder / name, "wb") as fh:
+            pickle.dump({"data": images(n, 3, 32, 32).reshape(n, -1), "fine_labels": list(range(n))}, fh)
+    dataset = data.load(load("data=cifar100", f"data.root={tmp_path}", storage=tmp_path).data)
+    assert dataset.num_classes == 50 and len(dataset.test) == 10
+
+
+def test_mnist_idx_files(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    pixels = write_idx(raw, "train", 40)
+    write_idx(raw, "t10k", 12)
+    dataset = data.load(load("data=mnist", f"data.root={tmp_path}", storage=tmp_path).data)
+    assert dataset.in_shape == (1, 28, 28) and len(dataset.test) == 12
+    everything = torch.cat([dataset.train.x, dataset.val.x])[:, 0]
+    assert sorted(map(bytes, everything.numpy())) == sorted(map(bytes, pixels))
+
+
+def test_svhn_mat_files(tmp_path):
+    for split, n in (("train", 30), ("test", 10)):
+        x = images(n, 3, 32, 32).transpose(2, 3, 1, 0)  # SVHN stores H x W x C x N
+        scipy.io.savemat(tmp_path / f"{split}_32x32.mat", {"X": x, "y": np.full((n, 1), 10)})
+    dataset = data.load(load("data=svhn", f"data.root={tmp_path}", storage=tmp_path).data)
+    assert dataset.in_shape == (3, 32, 32)
+    assert int(dataset.test.y.max()) == 0  # label 10 is the digit 0
+
+
+def test_image_folder_tree(tmp_path):
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+        for i in range(15):
+            Image.fromarray(images(1, 3, 16, 16)[0].transpose(1, 2, 0)).save(tmp_path / cls / f"{i}.png")
+    dataset = data.load(load("data=folder", f"data.root={tmp_path}", storage=tmp_path).data)
+    assert dataset.in_shape == (3, 16, 16) and dataset.num_classes == 2
+    assert len(dataset.train) + len(dataset.val) + len(dataset.test) == 30
+
+
+@pytest.mark.parametrize("layout", ["nhwc", "nchw"])
+def test_npz_arrays(tmp_path, layout):
+    x = images(50, 3, 12, 12)
+    np.savez(tmp_path / "d.npz", x=x.transpose(0, 2, 3, 1) if layout == "nhwc" else x, y=RNG.integers(0, 4, 50))
+    dataset = data.load(load("data=npz", f"data.path={tmp_path / 'd.npz'}", storage=tmp_path).data)
+    assert dataset.in_shape == (3, 12, 12)
+    everything = torch.cat([dataset.train.x, dataset.val.x, dataset.test.x])
+    assert sorted(map(bytes, everything.numpy())) == sorted(map(bytes, x))
+
+
+def test_missing_data_says_how_to_get_it(tmp_path):
+    with pytest.raises(UserError, match="data.download=true"):
+        data.load(load("data=cifar10", f"data.root={tmp_path}", storage=tmp_path).data)
+
+
+def test_corrupt_cifar_batch_is_refused(tmp_path):
+    write_cifar10(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"not a pickle")
+    with pytest.raises(UserError, match="cannot read .*data_batch_3"):
+        data.load(load("data=cifar10", f"data.root={tmp_path}", storage=tmp_path).data)
+
+
+def test_augment_crops_a_shifted_window_and_flips():
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
+    torch.manual_seed(0)
+    out = data.augment(x, crop_padding=2, flip=True)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for i in range(2):
+        windows = [padded[i, :, dy:dy + 8, dx:dx + 8] for dy in range(5) for dx in range(5)]
+        assert any(torch.equal(out[i], w) or torch.equal(out[i], w.flip(2)) for w in windows)
+    assert not torch.equal(out, x)
