@@ -13,7 +13,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING, SI, DictConfig, OmegaConf
 
@@ -91,6 +91,54 @@ class EvalConfig:
 
 
 @dataclass
+class Distribution:
+    """One searched key: uniform / loguniform (low, high), int (low, high, log) or choice (values)."""
+
+    type: str = MISSING
+    low: Optional[float] = None
+    high: Optional[float] = None
+    values: Optional[List[Any]] = None
+    log: bool = False
+    when: Optional[Dict[str, List[Any]]] = None  # sampled only when these searched keys take these values
+
+
+@dataclass
+class ObjectiveConfig:
+    metric: str = "robust_acc"  # a per-epoch validation metric: robust_acc, clean_acc or loss
+    mode: str = "max"
+
+
+@dataclass
+class SchedulerConfig:
+    name: str = "asha"  # asha (early stopping on the first objective, per epoch) or fifo (none)
+    grace_period: int = 2  # epochs every trial runs before it may be stopped
+    reduction_factor: int = 2
+
+
+@dataclass
+class TuneConfig:
+    space: Dict[str, Distribution] = field(default_factory=dict)
+    objectives: List[ObjectiveConfig] = field(default_factory=lambda: [ObjectiveConfig()])
+    algorithm: str = "auto"  # tpe, nsga2 or random; auto: TPE for one objective, NSGA-II for several
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    num_samples: int = 8
+    max_concurrent: int = 2
+    seed: int = 0
+    trial_resources: Dict[str, float] = field(default_factory=lambda: {"CPU": 0.1})  # each trial's driver
+    max_failures: int = 0  # retries of a trial whose run raised, before it is recorded as failed
+    optuna_storage: str = ""  # an Optuna RDB URL; empty: sqlite file optuna.db in the experiment folder
+
+
+@dataclass
+class FinalEvalConfig:
+    """The strong evaluation of the best trials on the test split, once the search is over."""
+
+    attacks: List[str] = field(default_factory=lambda: ["clean", "pgd50", "autoattack"])
+    n: int = 1000  # test examples; 0 = all
+    top_k: int = 1  # finalists: the best k trials by the first objective
+
+
+@dataclass
 class RaygapConfig:
     data: DataConfig = MISSING
     model: ModelConfig = MISSING
@@ -100,6 +148,8 @@ class RaygapConfig:
     pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(
         epochs=30, lr=0.05, schedule="cosine", ema=False))
     eval: EvalConfig = field(default_factory=EvalConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    final_eval: FinalEvalConfig = field(default_factory=FinalEvalConfig)
     storage: str = "./raygap_results"  # a local folder or a pyarrow URI (s3://, gs://)
     name: str = ""  # experiment name; empty: derived from the config, so a re-run finds its run again
     checkpoint: str = ""  # the checkpoint to evaluate
@@ -142,15 +192,27 @@ def _one_line(err: Exception) -> str:
 
 
 def load(overrides: list[str], config_name: str = "raygap") -> DictConfig:
-    """Compose `search_spaces/<config_name>.yaml` with Hydra overrides, resolve and validate it."""
+    """Compose a config with Hydra overrides, resolve and validate it.
+
+    `config_name` names a file of search_spaces/ (without .yaml), or is the path of a YAML file of
+    your own, which may build on the shipped ones (`defaults: [afd, _self_]`).
+    """
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     directory = config_dir()
-    if not (directory / f"{config_name}.yaml").is_file():
+    if config_name.endswith((".yaml", ".yml")):
+        path = Path(config_name).expanduser().resolve()
+        if not path.is_file():
+            raise UserError(f"search space file {path} does not exist")
+        # the user's folder is Hydra's main config folder; the shipped configs stay findable
+        directory, config_name = path.parent, path.stem
+        overrides = [*overrides, f"hydra.searchpath=[file://{config_dir()}]"]
+    elif not (directory / f"{config_name}.yaml").is_file():
         names = sorted(p.stem for p in directory.glob("*.yaml"))
-        raise UserError(f"unknown search space '{config_name}'; choose one of: {', '.join(names)}")
+        raise UserError(f"unknown search space '{config_name}'; choose one of: {', '.join(names)}, "
+                        f"or give the path of a YAML file")
     for override in overrides:
         if override.startswith(("+", "~")):
             raise UserError(f"bad config: '{override}' adds or deletes a key; raygap's keys are fixed, "
@@ -230,10 +292,71 @@ def validate(cfg: DictConfig) -> None:
     _require(cfg.method.name in METHODS, "method", f"'{cfg.method.name}' is unknown; choose one of: {', '.join(METHODS)}")
     for key, why in METHODS[cfg.method.name].check(cfg.method):
         _require(False, f"method.{key}", why)
+    _validate_tune(cfg)
     _require(cfg.name == "" or bool(NAME.fullmatch(cfg.name)), "name",
              f"'{cfg.name}' must be letters, digits, '.', '_' or '-' (no '/' or '..'), so it stays inside storage")
     _require(cfg.name not in (".", ".."), "name", "cannot be '.' or '..'")
     _require(bool(cfg.storage), "storage", "must not be empty")
+
+
+SEARCH_METRICS = ("robust_acc", "clean_acc", "loss")
+
+
+def _validate_tune(cfg: DictConfig) -> None:
+    from raygap.attacks import make_attack
+    from raygap.methods import METHODS
+
+    t = cfg.tune
+    _require(len(t.objectives) >= 1, "tune.objectives", "needs at least one objective")
+    for o in t.objectives:
+        _require(o.metric in SEARCH_METRICS, "tune.objectives", f"metric '{o.metric}' is not one of {', '.join(SEARCH_METRICS)}")
+        _require(o.mode in ("max", "min"), "tune.objectives", f"mode '{o.mode}' must be max or min")
+    _require(t.algorithm in ("auto", "tpe", "nsga2", "random"), "tune.algorithm", "must be auto, tpe, nsga2 or random")
+    _require(t.algorithm != "tpe" or len(t.objectives) == 1, "tune.algorithm", "tpe takes one objective; use nsga2")
+    _require(t.scheduler.name in ("asha", "fifo"), "tune.scheduler.name", "must be asha or fifo")
+    _require(t.scheduler.grace_period >= 1 and t.scheduler.reduction_factor >= 2, "tune.scheduler",
+             "needs grace_period >= 1 and reduction_factor >= 2")
+    _require(t.num_samples >= 1 and t.max_concurrent >= 1, "tune.num_samples", "and tune.max_concurrent must be >= 1")
+    _require(t.max_failures >= 0, "tune.max_failures", "must be >= 0")
+    _require(all(v >= 0 for v in t.trial_resources.values()), "tune.trial_resources", "must be >= 0")
+    _require(cfg.final_eval.n >= 0 and cfg.final_eval.top_k >= 0, "final_eval.n", "and final_eval.top_k must be >= 0")
+    for name in cfg.final_eval.attacks:
+        make_attack(name, eps=cfg.eval.eps, norm=cfg.eval.norm)
+    for key, d in t.space.items():
+        where = f"tune.space.{key}"
+        _require(d.type in ("uniform", "loguniform", "int", "choice"), where,
+                 f"has type '{d.type}'; use uniform, loguniform, int or choice")
+        if d.type == "choice":
+            _require(bool(d["values"]), where, "is a choice with no values")
+            candidates = list(d["values"])
+        else:
+            _require(d.low is not None and d.high is not None, where, f"needs low and high for type {d.type}")
+            _require(d.low < d.high, where, f"is empty or inverted: low {d.low} must be below high {d.high}")
+            _require(d.type != "loguniform" and not d.log or d.low > 0, where, "is on a log scale and needs low > 0")
+            candidates = [int(d.low), int(d.high)] if d.type == "int" else [d.low, d.high]
+        for other in (d.when or {}):
+            _require(other in t.space, where, f"depends on '{other}', which is not searched")
+        if key == "method":
+            for value in candidates:
+                _require(value in METHODS, where, f"offers method '{value}'; methods: {', '.join(METHODS)}")
+            continue
+        methods = (d.when or {}).get("method") or (t.space["method"]["values"] if "method" in t.space else [cfg.method.name])
+        plain = OmegaConf.to_container(cfg)
+        plain.pop("method")
+        for method in methods:
+            # the config this trial would have, typed by the schema, so that a value of the wrong type fails
+            trial = OmegaConf.merge(OmegaConf.structured(RaygapConfig(method=METHODS[method].Params())), plain)
+            _require(OmegaConf.select(trial, key, default=_ABSENT) is not _ABSENT, where,
+                     f"names a key that does not exist{'' if method == cfg.method.name else f' for method {method}'}"
+                     " (print the keys with --cfg)")
+            for value in candidates:
+                try:
+                    OmegaConf.update(trial, key, value)
+                except Exception as err:
+                    _require(False, where, f"value {value!r} does not fit the key: {str(err).splitlines()[0]}")
+
+
+_ABSENT = object()
 
 
 def digest(node: Any, length: int = 10) -> str:

@@ -3,3 +3,7 @@
 
 class UserError(Exception):
     """Bad input (config, data, checkpoint, resources); its message says what is wrong and how to fix it."""
+
+
+class Diverged(UserError):
+    """The loss became NaN or infinite: the same run would diverge again, so it is not retried."""

@@ -12,6 +12,10 @@ from __future__ import annotations
 import copy
 import io
 import math
+import os
+import signal
+import sys
+import tempfile
 import time
 
 import torch
@@ -19,9 +23,10 @@ import torch.distributed as dist
 from torch import nn
 
 from raygap import checkpoint as ckpt
-from raygap import data, storage
+from raygap import data, results, storage
 from raygap.attacks import make_attack
 from raygap.config import from_dict
+from raygap.errors import Diverged
 from raygap.evaluate import autocast, correct_count
 from raygap.methods import METHODS
 from raygap.models import build_model, forward_flops
@@ -94,6 +99,56 @@ class LocalContext:
         storage.write_bytes(self.path, buffer.getvalue())
 
 
+class RayContext:
+    """A worker of a Ray Train run: rank and device from Ray, checkpoints through `ray.train.report`."""
+
+    def __init__(self, cpus: float, gpus: float):
+        import ray.train
+        import ray.train.torch
+
+        context = ray.train.get_context()
+        self.rank, self.world = context.get_world_rank(), context.get_world_size()
+        self.device = ray.train.torch.get_device()
+        self.cpus, self.gpus = cpus, gpus
+
+    def restore(self):
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as folder:
+            return torch.load(os.path.join(folder, "state.pt"), map_location=self.device, weights_only=True)
+
+    def report(self, metrics: dict, state: dict | None):
+        import ray.train
+
+        if state is None:  # every rank reports; rank 0 attaches the checkpoint
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(state, os.path.join(folder, "state.pt"))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+
+def ray_train_loop(job: dict):
+    """The entry point of each Ray Train worker."""
+    t = job["cfg"][job["stage"]]
+    train_loop(job, RayContext(t["cpus_per_worker"], t["gpus_per_worker"]))
+
+
+def _fault_switch(job: dict, rank: int, world: int, epoch: int, batch: int):
+    """Test-only: RAYGAP_TEST_KILL=<epoch>:<batch> kills the last rank's process once, mid-epoch."""
+    target = os.environ.get("RAYGAP_TEST_KILL")
+    if not target or target != f"{epoch + 1}:{batch}" or rank != world - 1:
+        return
+    marker = storage.join(job["run_dir"], ".test-kill-done")
+    if storage.exists(marker):
+        return
+    storage.write_bytes(marker, b"")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def place(split: data.Split, device: torch.device, resident: str) -> data.Split:
     """The whole split on the training device when it fits (CIFAR-10 takes 150 MB), else in host memory."""
     if resident == "host" or device.type == "cpu":
@@ -122,8 +177,9 @@ def train_loop(job: dict, context=None) -> dict | None:
     """Train `job["cfg"]` with the settings of node `job["stage"]` (train or pretrain).
 
     job: {"cfg": plain config, "stage": "train" | "pretrain", "start": checkpoint to start from or None,
-    "run_dir": where the exported model goes, "label": the name shown in progress lines}.
-    Returns the final metrics on rank 0.
+    "run_dir": where the exported model goes, "experiment_dir" and "trial_id": where and under which id
+    the epochs table gets this run's rows, "label": the name shown in progress lines}.
+    Returns the per-epoch metrics (a list of rows) on rank 0, None on the other ranks.
     """
     cfg = from_dict(job["cfg"])
     t = cfg[job["stage"]]
@@ -185,7 +241,8 @@ def train_loop(job: dict, context=None) -> dict | None:
         torch.manual_seed(t.seed * 1_000_003 + epoch * 101 + rank)
         shard = order[:epoch_len][rank::world]
         sums = {}
-        for begin in range(0, len(shard), per_worker_batch):
+        for batch, begin in enumerate(range(0, len(shard), per_worker_batch)):
+            _fault_switch(job, rank, world, epoch, batch)
             index = shard[begin:begin + per_worker_batch]
             x = data.to_float(train_split.x[index].to(device, non_blocking=True))
             y = train_split.y[index].to(device, non_blocking=True)
@@ -208,6 +265,9 @@ def train_loop(job: dict, context=None) -> dict | None:
                 sums[key] = sums.get(key, 0) + value.detach().float() * len(y)
         train_seconds = time.perf_counter() - started
         losses = _mean_over_workers(sums, len(shard), world)
+        if not math.isfinite(losses.get("loss", 0.0)):
+            raise Diverged(f"training diverged: the loss is {losses['loss']} in epoch {epoch + 1}; "
+                           f"lower {job['stage']}.lr (now {t.lr})")
 
         evaluated = ema.module if ema else module
         evaluated.eval()
@@ -222,10 +282,14 @@ def train_loop(job: dict, context=None) -> dict | None:
                "robust_acc": robust_acc, "images_per_s": images_per_s,
                "mfu": images_per_s * flops_per_image / peak if peak else None,
                "train_seconds": train_seconds, "wall_seconds": wall,
-               "gpu_seconds": wall * context.gpus * world, "cpu_seconds": wall * context.cpus * world}
+               "gpu_seconds": wall * context.gpus * world, "cpu_seconds": wall * context.cpus * world,
+               "finished_at": time.time()}
         history.append(row)
         if rank == 0:
-            _print_progress(job.get("label", job["stage"]), row, history, t.epochs)
+            _print_progress(job["label"], row, history, t.epochs)
+            # before the report: if this process dies after writing, the epoch re-runs and replaces its row
+            results.write_epochs(job["experiment_dir"], job["experiment_dir"].rsplit("/", 1)[-1], job["trial_id"],
+                                 job["cfg"], history)
         state = {"epoch": epoch, "module": module.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema else None, "history": history}
         context.report(row, state if rank == 0 else None)
@@ -235,18 +299,20 @@ def train_loop(job: dict, context=None) -> dict | None:
     final = objective.export(ema.module if ema else module).float().cpu().eval()
     final = final.to(memory_format=torch.contiguous_format)
     arch = ckpt.arch_of(final, cfg.model.name, dataset.in_shape)
-    meta = {"method": method_name, "stage": job["stage"], "epochs": t.epochs, "final": history[-1] if history else {}}
+    meta = {"method": method_name, "stage": job["stage"], "epochs": t.epochs, "history": history}
     ckpt.save(storage.join(job["run_dir"], "model.pt"), final, arch, job["cfg"], meta)
-    return history[-1] if history else {}
+    return history
 
 
 def _print_progress(label: str, row: dict, history: list, epochs: int):
     done = len(history)
     seconds = sum(r["wall_seconds"] for r in history[-3:]) / min(3, done)
     eta = time.strftime("%H:%M:%S", time.gmtime(seconds * (epochs - row["epoch"])))
-    print(f"[{label}] epoch {row['epoch']}/{epochs}  loss {row.get('loss', float('nan')):.4f}  "
-          f"val clean {row['clean_acc']:.3f}  robust {row['robust_acc']:.3f}  "
-          f"{row['images_per_s']:.0f} img/s  eta {eta}", flush=True)
+    # sys.stdout.write, not print: Ray Train workers patch print to log each line twice
+    sys.stdout.write(f"[{label}] epoch {row['epoch']}/{epochs}  loss {row.get('loss', float('nan')):.4f}  "
+                     f"val clean {row['clean_acc']:.3f}  robust {row['robust_acc']:.3f}  "
+                     f"{row['images_per_s']:.0f} img/s  eta {eta}\n")
+    sys.stdout.flush()
 
 
 def _mean_over_workers(sums: dict, count: int, world: int) -> dict:

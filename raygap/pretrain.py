@@ -31,18 +31,19 @@ def checkpoint_path(cfg) -> str:
 
 def run(cfg) -> dict:
     """The natural model for cfg's data and model: from the cache, or trained now and cached."""
-    from raygap.train import execute
+    from raygap.train import execute, start_ray
 
     path = checkpoint_path(cfg)
     if storage.exists(path):
         print(f"natural pre-trained model found in the cache: {path}", flush=True)
         return {"checkpoint": path, "cached": True}
+    start_ray(cfg.pretrain)
     run_dir = path.rsplit("/", 1)[0]
     print(f"natural pre-training of {cfg.model.name} on {cfg.data.name} for {cfg.pretrain.epochs} epochs "
           f"(cached as {run_dir})", flush=True)
-    metrics = execute(cfg, stage="pretrain", start=None, run_dir=run_dir, label="pretrain")
+    history = execute(cfg, stage="pretrain", start=None, run_dir=run_dir, label="pretrain")
     storage.write_bytes(storage.join(run_dir, "config.yaml"), OmegaConf.to_yaml(cfg).encode())
-    return {"checkpoint": path, "cached": False, "metrics": metrics}
+    return {"checkpoint": path, "cached": False, "metrics": history[-1]}
 
 
 def _train_is_pretrain(override: str) -> str:

@@ -25,12 +25,13 @@ def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts])
 
 
-def _fs(path: str):
+def filesystem(path: str):
+    """(pyarrow filesystem, path inside it) for a local path or a URI."""
     return pafs.FileSystem.from_uri(path) if is_uri(path) else (pafs.LocalFileSystem(), os.path.abspath(path))
 
 
 def write_bytes(path: str, data: bytes) -> None:
-    fs, where = _fs(path)
+    fs, where = filesystem(path)
     parent = where.rsplit("/", 1)[0]
     fs.create_dir(parent, recursive=True)
     if isinstance(fs, pafs.LocalFileSystem):
@@ -46,19 +47,19 @@ def write_bytes(path: str, data: bytes) -> None:
 
 
 def read_bytes(path: str) -> bytes:
-    fs, where = _fs(path)
+    fs, where = filesystem(path)
     with fs.open_input_stream(where) as stream:
         return stream.read()
 
 
 def exists(path: str) -> bool:
-    fs, where = _fs(path)
+    fs, where = filesystem(path)
     return fs.get_file_info(where).type != pafs.FileType.NotFound
 
 
 def listdir(path: str) -> list[str]:
     """Names of the files directly in folder `path` (none if it does not exist), sorted."""
-    fs, where = _fs(path)
+    fs, where = filesystem(path)
     if fs.get_file_info(where).type == pafs.FileType.NotFound:
         return []
     infos = fs.get_file_info(pafs.FileSelector(where))

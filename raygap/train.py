@@ -8,8 +8,11 @@ resumes an interrupted run from its last epoch, or returns at once when it is fi
 
 from __future__ import annotations
 
-from raygap import storage
+import os
+
+from raygap import checkpoint, storage
 from raygap.config import as_dict, digest
+from raygap.errors import UserError
 from raygap.methods import METHODS
 
 
@@ -18,12 +21,68 @@ def run_name(cfg) -> str:
     return cfg.name or f"{cfg.method.name}-{cfg.data.name}-{cfg.model.name}-{digest(cfg)}"
 
 
-def execute(cfg, *, stage: str, start: str | None, run_dir: str, label: str) -> dict:
-    """Run the training loop for `stage` in this process (workers=0) or on a Ray Train worker group."""
-    from raygap.loop import train_loop
+def resources(t) -> tuple[dict, dict]:
+    """(what one run of TrainConfig `t` needs in total, what one of its workers needs on one node)."""
+    per_worker = {"CPU": t.cpus_per_worker, "GPU": t.gpus_per_worker}
+    return {k: v * max(t.workers, 1) for k, v in per_worker.items()}, per_worker
 
-    job = {"cfg": as_dict(cfg), "stage": stage, "start": start, "run_dir": run_dir, "label": label}
-    return train_loop(job)
+
+def start_ray(*trainings) -> None:
+    """Check the resources of the given TrainConfigs and connect to Ray, if any of them uses Ray Train."""
+    from raygap import session
+
+    distributed = [t for t in trainings if t.workers > 0]
+    if not distributed:
+        return
+    for t in distributed:
+        session.check_resources(*resources(t))
+    session.connect()
+
+
+def execute(cfg, *, stage: str, start: str | None, run_dir: str, label: str, experiment_dir: str | None = None,
+            trial_id: str | None = None, callbacks: list | None = None) -> list:
+    """Run the training loop for `stage` in this process (workers=0) or as a Ray Train run with
+    `workers` workers (DDP: gloo on CPU, nccl on GPU); returns the per-epoch metrics.
+
+    A Ray Train run is named after `run_dir`, so running it again resumes from its last checkpoint.
+    """
+    from raygap.loop import ray_train_loop, train_loop
+
+    job = {"cfg": as_dict(cfg), "stage": stage, "start": start, "run_dir": run_dir, "label": label,
+           "experiment_dir": experiment_dir or run_dir, "trial_id": trial_id or run_dir.rsplit("/", 1)[-1]}
+    t = cfg[stage]
+    if t.workers == 0:
+        return train_loop(job)
+
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, WorkerGroupError
+    from ray.train.torch import TorchTrainer
+
+    from raygap import session
+
+    session.connect()  # a no-op inside a Tune trial or after `session.start`
+    _, per_worker = resources(t)
+    parent, name = run_dir.rsplit("/", 1)
+    trainer = TorchTrainer(
+        ray_train_loop, train_loop_config=job,
+        scaling_config=ScalingConfig(num_workers=t.workers, use_gpu=t.gpus_per_worker > 0,
+                                     resources_per_worker=per_worker),
+        run_config=RunConfig(name=name, storage_path=parent, callbacks=callbacks,
+                             failure_config=FailureConfig(max_failures=t.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=1),
+                             logging_config=LoggingConfig(log_level="WARNING"),
+                             # RAYGAP_* settings (such as the test fault switch) reach the workers too
+                             worker_runtime_env={"env_vars": {k: v for k, v in os.environ.items()
+                                                              if k.startswith("RAYGAP_")}}))
+    try:
+        trainer.fit()
+    except WorkerGroupError as err:
+        # A mistake of the user's raised on a worker (bad data, divergence) stays one clear line.
+        for failure in err.worker_failures.values():
+            cause = getattr(failure, "cause", failure)
+            if isinstance(cause, UserError):
+                raise cause from None
+        raise
+    return checkpoint.load(storage.join(run_dir, "model.pt"))[1]["meta"]["history"]
 
 
 def run(cfg) -> dict:
@@ -33,14 +92,16 @@ def run(cfg) -> dict:
     model_path = storage.join(run_dir, "model.pt")
     if storage.exists(model_path):
         print(f"run {run_dir} is finished already", flush=True)
-        return {"checkpoint": model_path, "resumed": False}
+        history = checkpoint.load(model_path)[1]["meta"]["history"]
+        return {"checkpoint": model_path, "metrics": history[-1], "history": history}
+    start_ray(cfg.pretrain, cfg.train)
     start = None
     if not METHODS[cfg.method.name].Objective.from_scratch:
         start = cfg.pretrained or pretrain.run(cfg)["checkpoint"]
     print(f"training {cfg.method.name} on {cfg.data.name} with {cfg.model.name} for {cfg.train.epochs} epochs "
           f"in {run_dir}", flush=True)
-    metrics = execute(cfg, stage="train", start=start, run_dir=run_dir, label=cfg.method.name)
-    return {"checkpoint": model_path, "metrics": metrics}
+    history = execute(cfg, stage="train", start=start, run_dir=run_dir, label=cfg.method.name)
+    return {"checkpoint": model_path, "metrics": history[-1], "history": history}
 
 
 def main():

@@ -82,6 +82,8 @@ class AFDModule(nn.Module):
 
 
 class Objective(Base):
+    parts = ("ce_adv", "align", "confused", "separation")
+
     def __init__(self, model: Classifier, params: Params, attack):
         super().__init__(model, params, attack)
         rank = min(params.disentangler_size or model.feature_dim, model.feature_dim)

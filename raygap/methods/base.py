@@ -15,6 +15,7 @@ class Objective:
     `module(x)` always returns the logits used at inference, so attacks and validation run on it.
     """
 
+    parts = ("ce_adv",)  # the logged loss parts; the epochs table has a column for each
     from_scratch = False  # True: start from random weights instead of the natural pre-trained model
 
     def __init__(self, model: Classifier, params, attack):

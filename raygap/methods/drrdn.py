@@ -72,6 +72,8 @@ class DRRDNModule(nn.Module):
 
 
 class Objective(Base):
+    parts = ("ce", "align", "disc", "recon")
+
     def __init__(self, model: Classifier, params: Params, attack):
         super().__init__(model, params, attack)
         self.module = DRRDNModule(model, params.disentangler_size)

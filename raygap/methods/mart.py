@@ -31,6 +31,8 @@ def terms(logits_nat, logits_adv, y):
 
 
 class Objective(Base):
+    parts = ("bce", "kl")
+
     def passes(self, attack_steps):
         return 2 * attack_steps + 6  # two forward/backward pairs (natural and adversarial)
 

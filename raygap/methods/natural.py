@@ -14,6 +14,7 @@ class Params:
 
 
 class Objective(Base):
+    parts = ("ce",)
     from_scratch = True
 
     def passes(self, attack_steps):

@@ -23,6 +23,8 @@ def kl(logits_nat, logits_adv):
 
 
 class Objective(Base):
+    parts = ("ce", "kl")
+
     def passes(self, attack_steps):
         return 2 * attack_steps + 1 + 6  # + the clean forward of the attack, two forward/backward pairs
 

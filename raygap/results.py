@@ -1,0 +1,125 @@
+"""The Parquet tables: `epochs` (one row per trial and epoch) and `trials` (one row per trial).
+
+Each table is a folder of part files, one per trial, under `${storage}/${name}/<table>/`, rewritten
+whole and atomically whenever that trial has news: a crash never leaves a half-written file, and a
+re-run epoch replaces its row instead of adding another. Every part file has the same schema
+(every config key of every method as its own column), so pandas, pyarrow and DuckDB read the folder
+as one table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import typing
+from functools import lru_cache
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from raygap import storage
+
+EPOCH_METRICS = ["lr", "loss", "clean_acc", "robust_acc", "images_per_s", "mfu", "train_seconds", "wall_seconds",
+                 "gpu_seconds", "cpu_seconds", "finished_at"]  # finished_at: Unix time at the end of the epoch
+
+
+def _arrow_type(annotation):
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union:  # Optional[X]
+        (inner,) = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _arrow_type(inner)
+    if origin in (list, typing.List) or annotation is typing.Any:
+        return pa.string()  # lists are kept as JSON text
+    return {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}[annotation]
+
+
+# The search's own settings describe the experiment, not a trial: they stay out of the columns.
+NOT_COLUMNS = ("tune", "final_eval")
+
+
+def _fields(cls, prefix: str) -> dict:
+    out = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        key = f"{prefix}{name}"
+        if key in NOT_COLUMNS:
+            continue
+        if dataclasses.is_dataclass(hint):
+            out.update(_fields(hint, key + "."))
+        elif name == "method" and hint is typing.Any:
+            from raygap.methods import METHODS
+
+            for method in METHODS.values():
+                out.update(_fields(method.Params, key + "."))
+        else:
+            out[key] = _arrow_type(hint)
+    return out
+
+
+@lru_cache(maxsize=None)
+def config_fields() -> tuple:
+    """(column, arrow type) for every config key of every method, in a stable order."""
+    from raygap.config import RaygapConfig
+
+    return tuple(sorted(_fields(RaygapConfig, "").items()))
+
+
+@lru_cache(maxsize=None)
+def loss_parts() -> tuple:
+    from raygap.methods import METHODS
+
+    return tuple(sorted({part for m in METHODS.values() for part in m.Objective.parts}))
+
+
+@lru_cache(maxsize=None)
+def epochs_schema() -> pa.Schema:
+    fields = [("experiment", pa.string()), ("trial_id", pa.string()), ("epoch", pa.int64())]
+    fields += [(m, pa.float64()) for m in EPOCH_METRICS] + [(f"loss_{p}", pa.float64()) for p in loss_parts()]
+    return pa.schema(fields + list(config_fields()))
+
+
+def flatten(config: dict, prefix: str = "") -> dict:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists become JSON text; the search's own settings are left out."""
+    out = {}
+    for key, value in config.items():
+        if f"{prefix}{key}" in NOT_COLUMNS:
+            continue
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = json.dumps(value) if isinstance(value, list) else value
+    return out
+
+
+def _write(path: str, rows: list, schema: pa.Schema) -> None:
+    columns = {name: [row.get(name) for row in rows] for name in schema.names}
+    table = pa.table(columns, schema=schema)
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    storage.write_bytes(path, buffer.getvalue())
+
+
+def write_epochs(experiment_dir: str, experiment: str, trial_id: str, config: dict, history: list) -> str:
+    """(Re)write trial `trial_id`'s part of the epochs table with all its epochs so far."""
+    settings = flatten(config)
+    rows = [{"experiment": experiment, "trial_id": trial_id, **settings, **row} for row in history]
+    path = storage.join(experiment_dir, "epochs", f"{trial_id}.parquet")
+    _write(path, rows, epochs_schema())
+    return path
+
+
+def read_part(path: str):
+    """One part file as a pandas DataFrame."""
+    return pq.read_table(io.BytesIO(storage.read_bytes(path))).to_pandas()
+
+
+def read_table(experiment_dir: str, table: str):
+    """A table of an experiment as a pandas DataFrame (empty if nothing was written yet)."""
+    import pandas as pd
+
+    folder = storage.join(experiment_dir, table)
+    if not storage.listdir(folder):
+        return pd.DataFrame()
+    fs, where = storage.filesystem(folder)
+    # pyarrow skips the hidden temporary files of writes in flight (names starting with '.')
+    return pq.read_table(where, filesystem=fs).to_pandas()

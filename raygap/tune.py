@@ -1,0 +1,360 @@
+"""The search: `python -m raygap.tune [search=<name>] [overrides]`.
+
+Ray Tune runs trials suggested by Optuna (seeded TPE; NSGA-II for several objectives), stops poor ones
+early with ASHA on the per-epoch robust validation accuracy, and runs each trial as a Ray Train run
+that starts from the cached natural model. Every epoch and every trial goes to Parquet as results
+arrive, the Optuna study to SQLite, and the best trials are evaluated with strong attacks on the test
+split at the end. Running the same command again resumes an interrupted search, or prints the summary
+of a finished one without training anything.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from ray.tune import Callback
+
+from raygap import results, storage
+from raygap.config import as_dict, digest
+from raygap.errors import UserError
+
+DEFAULT_SEARCH = "afd"
+
+
+def experiment_name(cfg, search: str) -> str:
+    """`name` when given, else derived from the search space and the whole config (so re-runs find it)."""
+    return cfg.name or f"{Path(search).stem}-{cfg.data.name}-{cfg.model.name}-{digest(cfg)}"
+
+
+def suggest(trial, space: dict) -> None:
+    """Optuna define-by-run: suggest each searched key, skipping those whose `when` does not hold."""
+    chosen = {}
+    for key, d in space.items():
+        if any(chosen.get(other) not in allowed for other, allowed in (d.get("when") or {}).items()):
+            continue
+        if d["type"] == "choice":
+            chosen[key] = trial.suggest_categorical(key, d["values"])
+        elif d["type"] == "int":
+            chosen[key] = trial.suggest_int(key, int(d["low"]), int(d["high"]), log=d["log"])
+        else:
+            chosen[key] = trial.suggest_float(key, d["low"], d["high"], log=d["type"] == "loguniform")
+
+
+def trial_config(base: dict, params: dict):
+    """The config of one trial: the base config with the searched values set."""
+    from raygap.methods import METHODS
+
+    cfg = OmegaConf.create(base)
+    if "method" in params:
+        cfg.method = OmegaConf.structured(METHODS[params["method"]].Params)
+    for key, value in params.items():
+        if key != "method":
+            OmegaConf.update(cfg, key, value)
+    return cfg
+
+
+def run_trial(config: dict) -> None:
+    """The Tune function trainable: one Ray Train run; its epochs reach Tune via TuneReportCallback."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from raygap.methods import METHODS
+    from raygap.train import execute
+
+    trial_id = ray.tune.get_context().get_trial_id()
+    cfg = trial_config(config["base"], {k: v for k, v in config.items() if k != "base"})
+    experiment_dir = storage.join(cfg.storage, config["experiment"])
+    start = None if METHODS[cfg.method.name].Objective.from_scratch else cfg.pretrained
+    execute(cfg, stage="train", start=start, run_dir=storage.join(experiment_dir, "runs", trial_id),
+            label=trial_id, experiment_dir=experiment_dir, trial_id=trial_id, callbacks=[TuneReportCallback()])
+
+
+def trials_schema(cfg):
+    import pyarrow as pa
+
+    fields = [("experiment", pa.string()), ("trial_id", pa.string()), ("status", pa.string()), ("error", pa.string()),
+              ("epochs", pa.int64()), ("clean_acc", pa.float64()), ("robust_acc", pa.float64()),
+              ("loss", pa.float64()), ("best_robust_acc", pa.float64()), ("best_epoch", pa.int64()),
+              ("wall_seconds", pa.float64()), ("gpu_seconds", pa.float64()), ("cpu_seconds", pa.float64()),
+              ("started_at", pa.float64()), ("ended_at", pa.float64()), ("model_path", pa.string()),
+              ("finalist", pa.bool_()), ("params", pa.string()), ("config", pa.string())]
+    fields += [(f"test_{a}_acc", pa.float64()) for a in cfg.final_eval.attacks]
+    return pa.schema(fields + list(results.config_fields()))
+
+
+class Recorder(Callback):
+    """A Tune callback on the driver: one trials-table row per trial, rewritten on every event, and
+    one line of progress per finished trial."""
+
+    def __init__(self, cfg, experiment: str):
+        self.cfg_plain = as_dict(cfg)
+        self.experiment = experiment
+        self.experiment_dir = storage.join(cfg.storage, experiment)
+        self.epochs = cfg.train.epochs
+        self.objective = cfg.tune.objectives[0]
+        self.num_samples = cfg.tune.num_samples
+        self.rows: dict = {}
+        self.started = time.time()
+
+    def setup(self, **info):
+        previous = results.read_table(self.experiment_dir, "trials")
+        for row in previous.to_dict("records"):
+            self.rows[row["trial_id"]] = row
+
+    def _row(self, trial) -> dict:
+        row = self.rows.setdefault(trial.trial_id, {"trial_id": trial.trial_id, "started_at": time.time()})
+        params = {k: v for k, v in trial.config.items() if k not in ("base", "experiment")}
+        cfg = trial_config(trial.config["base"], params)
+        row.update({"experiment": self.experiment, "params": json.dumps(params), "config": json.dumps(as_dict(cfg)),
+                    **results.flatten(as_dict(cfg))})
+        return row
+
+    def _save(self, trial_id: str):
+        from raygap import tune as this
+
+        path = storage.join(self.experiment_dir, "trials", f"{trial_id}.parquet")
+        results._write(path, [self.rows[trial_id]], this.trials_schema(OmegaConf.create(self.cfg_plain)))
+
+    def _update_metrics(self, row: dict, history: list):
+        if not history:
+            return
+        last = history[-1]
+        best = max(history, key=lambda r: r["robust_acc"])
+        row.update({"epochs": last["epoch"], "clean_acc": last["clean_acc"], "robust_acc": last["robust_acc"],
+                    "loss": last.get("loss"), "best_robust_acc": best["robust_acc"], "best_epoch": best["epoch"],
+                    "wall_seconds": sum(r["wall_seconds"] for r in history),
+                    "gpu_seconds": sum(r["gpu_seconds"] for r in history),
+                    "cpu_seconds": sum(r["cpu_seconds"] for r in history)})
+
+    def _history(self, trial_id: str) -> list:
+        path = storage.join(self.experiment_dir, "epochs", f"{trial_id}.parquet")
+        return results.read_part(path).to_dict("records") if storage.exists(path) else []
+
+    def on_trial_start(self, trial, **info):
+        row = self._row(trial)
+        row["status"] = "running"
+        self._save(trial.trial_id)
+
+    def on_trial_complete(self, trial, **info):
+        row = self._row(trial)
+        self._update_metrics(row, self._history(trial.trial_id))
+        done = (row.get("epochs") or 0) >= self.epochs
+        row.update({"status": "completed" if done else "stopped_early", "ended_at": time.time(),
+                    "model_path": storage.join(self.experiment_dir, "runs", trial.trial_id, "model.pt") if done else None})
+        self._save(trial.trial_id)
+        self._progress(trial.trial_id)
+
+    def on_trial_error(self, trial, **info):
+        row = self._row(trial)
+        self._update_metrics(row, self._history(trial.trial_id))
+        error = trial.get_error()
+        row.update({"status": "failed", "ended_at": time.time(), "error": _error_line(error)})
+        self._save(trial.trial_id)
+        self._progress(trial.trial_id)
+
+    def on_experiment_end(self, trials, **info):
+        # Rows for trials whose end this driver did not see (it was killed in between, or the table
+        # was lost), so that the table always holds one final row per finished trial.
+        for trial in trials:
+            status = self.rows.get(trial.trial_id, {}).get("status")
+            if trial.status == "TERMINATED" and status not in ("completed", "stopped_early"):
+                self.on_trial_complete(trial)
+            elif trial.status == "ERROR" and status != "failed":
+                self.on_trial_error(trial)
+
+    def _progress(self, trial_id: str):
+        row = self.rows[trial_id]
+        counts = {s: sum(r.get("status") == s for r in self.rows.values())
+                  for s in ("running", "completed", "stopped_early", "failed")}
+        finished = len(self.rows) - counts["running"]
+        scored = [r for r in self.rows.values() if r.get(self.objective.metric) is not None]
+        pick = max if self.objective.mode == "max" else min
+        best = pick(scored, key=lambda r: r[self.objective.metric]) if scored else None
+        elapsed = time.time() - self.started
+        eta = elapsed / max(finished, 1) * (self.num_samples - finished)
+        print(f"[search] trial {trial_id} {row['status']} after {row.get('epochs') or 0} epochs: "
+              f"clean {row.get('clean_acc') or 0:.3f} robust {row.get('robust_acc') or 0:.3f} | "
+              f"{finished}/{self.num_samples} done ({counts['completed']} completed, {counts['stopped_early']} "
+              f"stopped early, {counts['failed']} failed), {counts['running']} running | best "
+              + (f"{self.objective.metric} {best[self.objective.metric]:.3f} ({best['trial_id']})" if best else "-")
+              + f" | eta {time.strftime('%H:%M:%S', time.gmtime(eta))}", flush=True)
+
+
+def _error_line(error) -> str:
+    """The innermost message of a trial's error, on one line."""
+    if error is None:
+        return "unknown error"
+    while getattr(error, "__cause__", None) is not None:
+        error = error.__cause__
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}"[:2000]
+
+
+def _searcher(cfg, experiment: str, experiment_dir: str):
+    import optuna
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    t = cfg.tune
+    objectives = list(t.objectives)
+    algorithm = t.algorithm if t.algorithm != "auto" else ("tpe" if len(objectives) == 1 else "nsga2")
+    sampler = {"tpe": lambda: optuna.samplers.TPESampler(seed=t.seed),
+               "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=t.seed),
+               "random": lambda: optuna.samplers.RandomSampler(seed=t.seed)}[algorithm]()
+    url = t.optuna_storage or _default_optuna_url(cfg, experiment_dir)
+    metric = [o.metric for o in objectives] if len(objectives) > 1 else objectives[0].metric
+    mode = [o.mode for o in objectives] if len(objectives) > 1 else objectives[0].mode
+    searcher = OptunaSearch(space=functools.partial(suggest, space=as_dict(t.space)), metric=metric, mode=mode,
+                            sampler=sampler, study_name=experiment, storage=optuna.storages.RDBStorage(url))
+    return ConcurrencyLimiter(searcher, max_concurrent=t.max_concurrent), url
+
+
+def _default_optuna_url(cfg, experiment_dir: str) -> str:
+    import os
+
+    # SQLite needs a local file: beside the tables on local storage, else in ./raygap_results/<name>/
+    folder = experiment_dir if not storage.is_uri(experiment_dir) else os.path.abspath(
+        storage.join("raygap_results", experiment_dir.rsplit("/", 1)[-1]))
+    os.makedirs(folder, exist_ok=True)
+    return f"sqlite:///{folder}/optuna.db"
+
+
+def _trial_name(trial) -> str:
+    return trial.trial_id
+
+
+def _scheduler(cfg):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    s, objective = cfg.tune.scheduler, cfg.tune.objectives[0]
+    if s.name == "fifo":
+        return FIFOScheduler()
+    return ASHAScheduler(metric=objective.metric, mode=objective.mode, time_attr="training_iteration",
+                         max_t=cfg.train.epochs, grace_period=min(s.grace_period, cfg.train.epochs),
+                         reduction_factor=s.reduction_factor)
+
+
+def run(cfg, search: str = DEFAULT_SEARCH) -> dict:
+    """Run (or resume, or summarise) the search of `cfg`; returns the summary."""
+    from raygap import pretrain, session
+    from raygap.train import resources
+
+    if not cfg.tune.space:
+        raise UserError(f"search space '{search}' has no tune.space; choose a search space with search=<name>")
+    if cfg.train.workers < 1:
+        raise UserError("each trial is a Ray Train run: set train.workers >= 1")
+    experiment = experiment_name(cfg, search)
+    experiment_dir = storage.join(cfg.storage, experiment)
+    total, per_worker = resources(cfg.train)
+    trial_total = {k: total.get(k, 0) + cfg.tune.trial_resources.get(k, 0) for k in set(total) | set(cfg.tune.trial_resources)}
+    session.check_resources(trial_total, per_worker)
+    session.connect()
+
+    import ray.tune
+    from ray.tune import FailureConfig, RunConfig, TuneConfig, Tuner
+
+    print(f"search '{search}': {cfg.tune.num_samples} trials of {cfg.method.name} on {cfg.data.name} with "
+          f"{cfg.model.name}, {cfg.train.epochs} epochs each, in {experiment_dir}", flush=True)
+    if not cfg.pretrained:
+        cfg.pretrained = pretrain.run(cfg)["checkpoint"]
+    trainable = ray.tune.with_resources(run_trial, dict(cfg.tune.trial_resources))
+    if Tuner.can_restore(experiment_dir):
+        print(f"resuming the search in {experiment_dir}", flush=True)
+        tuner = Tuner.restore(experiment_dir, trainable=trainable, resume_errored=True)
+    else:
+        searcher, url = _searcher(cfg, experiment, experiment_dir)
+        print(f"Optuna study '{experiment}' in {url}", flush=True)
+        tuner = Tuner(trainable, param_space={"base": as_dict(cfg), "experiment": experiment},
+                      tune_config=TuneConfig(search_alg=searcher, scheduler=_scheduler(cfg),
+                                             num_samples=cfg.tune.num_samples, trial_name_creator=_trial_name,
+                                             trial_dirname_creator=_trial_name),
+                      run_config=RunConfig(name=experiment, storage_path=cfg.storage, verbose=0,
+                                           callbacks=[Recorder(cfg, experiment)],
+                                           failure_config=FailureConfig(max_failures=cfg.tune.max_failures)))
+    tuner.fit()
+    finalists(cfg, experiment_dir)
+    return summary(cfg, experiment_dir)
+
+
+def finalists(cfg, experiment_dir: str) -> None:
+    """Evaluate the best `final_eval.top_k` completed trials on the test split (once)."""
+    import ray
+
+    from raygap import evaluate
+
+    frame = results.read_table(experiment_dir, "trials")
+    if frame.empty or not cfg.final_eval.top_k:
+        return
+    objective = cfg.tune.objectives[0]
+    done = frame[frame.status == "completed"].sort_values(objective.metric, ascending=objective.mode == "min")
+    columns = [f"test_{a}_acc" for a in cfg.final_eval.attacks]
+    for row in done.head(cfg.final_eval.top_k).to_dict("records"):
+        if row.get("finalist") and all(row.get(c) is not None and row[c] == row[c] for c in columns):
+            continue
+        print(f"[search] evaluating finalist {row['trial_id']} on the test split: {', '.join(cfg.final_eval.attacks)}",
+              flush=True)
+        overrides = {"checkpoint": row["model_path"], "eval": {**as_dict(cfg.eval), "attacks": list(cfg.final_eval.attacks),
+                     "n": cfg.final_eval.n, "out": storage.join(experiment_dir, "runs", row["trial_id"], "final_eval.json")}}
+        trial_cfg = OmegaConf.merge(OmegaConf.create(json.loads(row["config"])), overrides)
+        gpus = cfg.train.gpus_per_worker
+        task = ray.remote(num_cpus=cfg.train.cpus_per_worker, num_gpus=gpus)(evaluate.run)
+        result = ray.get(task.remote(trial_cfg))
+        row.update({c: result[c[len("test_"):]] for c in columns}, finalist=True)
+        row = {k: (None if v != v else v) for k, v in row.items()}  # pandas NaN back to null
+        results._write(storage.join(experiment_dir, "trials", f"{row['trial_id']}.parquet"), [row], trials_schema(cfg))
+
+
+def summary(cfg, experiment_dir: str) -> dict:
+    """Print the leaderboard, the Pareto front and where the tables are; return them."""
+    import pandas as pd
+
+    from raygap.analysis import pareto_front
+
+    frame = results.read_table(experiment_dir, "trials")
+    if frame.empty:
+        raise UserError(f"no trial finished in {experiment_dir}; see the errors above")
+    objective = cfg.tune.objectives[0]
+    searched = list(cfg.tune.space)
+    board = frame.sort_values(objective.metric, ascending=objective.mode == "min", na_position="last")
+    tests = [c for c in frame.columns if c.startswith("test_")]
+    shown = ["trial_id", "status", *searched, "epochs", "clean_acc", "robust_acc", *tests, "gpu_seconds", "cpu_seconds"]
+    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.4g}".format):
+        print("\nleaderboard (validation accuracy at the last epoch; test_* on the test split):")
+        print(board[shown].head(10).to_string(index=False))
+        front = pareto_front(frame)
+        print("\nPareto front of clean vs robust validation accuracy:")
+        print(front[["trial_id", *searched, "clean_acc", "robust_acc"]].to_string(index=False))
+    counts = frame.status.value_counts().to_dict()
+    print(f"\ntrials: {len(frame)} ({', '.join(f'{n} {s}' for s, n in counts.items())}); "
+          f"cost {frame.cpu_seconds.sum():.0f} CPU-seconds, {frame.gpu_seconds.sum():.0f} GPU-seconds")
+    print(f"tables: {experiment_dir}/epochs and {experiment_dir}/trials (Parquet); open them with\n"
+          f"  python -c \"import pandas as pd; print(pd.read_parquet('{experiment_dir}/trials'))\"")
+    return {"experiment_dir": experiment_dir, "leaderboard": board, "front": front}
+
+
+def _pop_search(argv: list) -> tuple[str, list]:
+    search = DEFAULT_SEARCH
+    rest = []
+    for arg in argv:
+        if arg.startswith("search="):
+            search = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+    return search, rest
+
+
+def main():
+    from raygap.cli import entry_point
+
+    search, sys.argv[1:] = _pop_search(sys.argv[1:])
+    entry_point(lambda cfg: run(cfg, search), last_line=lambda result: result["experiment_dir"], doc=__doc__,
+                config_name=search)
+
+
+if __name__ == "__main__":
+    main()

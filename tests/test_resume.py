@@ -1,0 +1,39 @@
+"""Killing a whole run (driver and its local Ray cluster) and running the same command again resumes it."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from raygap import results
+
+
+def test_rerunning_a_killed_training_command_resumes_from_the_last_checkpoint(tmp_path, natural_digits):
+    _, path = natural_digits
+    args = [sys.executable, "-m", "raygap.train", f"storage={tmp_path}", "name=resumable", "method=vaft",
+            "train.epochs=4", "train.workers=1", f"pretrained={path}"]
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", PYTHONUNBUFFERED="1")
+    run_dir = str(tmp_path / "resumable")
+    first = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        epochs = results.read_table(run_dir, "epochs")
+        checkpoints = [p for p in os.listdir(run_dir) if p.startswith("checkpoint_")] if os.path.isdir(run_dir) else []
+        if len(epochs) >= 2 and checkpoints:
+            break
+        assert first.poll() is None, first.stdout.read()
+        time.sleep(0.5)
+    else:
+        raise AssertionError("the first run never reached its second epoch")
+    os.killpg(first.pid, signal.SIGKILL)  # the driver and the Ray cluster it started
+    first.wait()
+
+    second = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    trained = [int(line.split("epoch ")[1].split("/")[0]) for line in second.stdout.splitlines() if "] epoch " in line]
+    assert trained and trained[0] >= 2, second.stdout  # it did not start again from epoch 1
+    epochs = results.read_table(run_dir, "epochs")
+    assert sorted(epochs.epoch) == [1, 2, 3, 4]
+    assert second.stdout.strip().splitlines()[-1] == f"{run_dir}/model.pt"

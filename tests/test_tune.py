@@ -1,0 +1,139 @@
+"""The search on a real local Ray cluster: Parquet tables, statuses, resume after SIGKILL, Pareto fronts."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pandas as pd
+import pytest
+
+from raygap import results
+from raygap.analysis import pareto_front
+
+SMALL = ["train.epochs=3", "tune.max_concurrent=2", "tune.scheduler.grace_period=1", "final_eval.n=100",
+         "final_eval.attacks=[clean,pgd20]"]
+
+
+def tune_cli(tmp_path, path, *args, **popen):
+    command = [sys.executable, "-m", "raygap.tune", f"storage={tmp_path}", f"pretrained={path}", *SMALL, *args]
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", PYTHONUNBUFFERED="1")
+    if popen:
+        return subprocess.Popen(command, env=env, text=True, **popen)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+
+
+def check_tables(experiment_dir, train_epochs=3):
+    trials = results.read_table(experiment_dir, "trials")
+    epochs = results.read_table(experiment_dir, "epochs")
+    assert trials.trial_id.is_unique
+    assert not epochs.duplicated(["trial_id", "epoch"]).any()
+    for row in trials.itertuples():
+        mine = epochs[epochs.trial_id == row.trial_id]
+        assert sorted(mine.epoch) == list(range(1, len(mine) + 1))
+        assert len(mine) == (row.epochs if row.epochs == row.epochs else 0)  # NaN: no epoch reported
+        if row.status == "completed":
+            assert row.epochs == train_epochs and os.path.exists(row.model_path)
+        elif row.status == "stopped_early":
+            assert 1 <= row.epochs < train_epochs
+        else:
+            assert row.status == "failed" and row.error
+    return trials, epochs
+
+
+# The default AFD search plus two learning rates: 1e4 diverges (a failed trial, with its reason).
+LR_SPACE = """
+defaults: [afd, _self_]
+tune:
+  space:
+    train.lr: {type: choice, values: [0.01, 10000.0]}
+"""
+
+
+def test_small_search_writes_one_row_per_epoch_and_per_trial(tmp_path, natural_digits):
+    _, path = natural_digits
+    space = tmp_path / "with_lr.yaml"
+    space.write_text(LR_SPACE)
+    proc = tune_cli(tmp_path, path, f"search={space}", "name=small", "tune.num_samples=4", "tune.algorithm=random")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials, epochs = check_tables(tmp_path / "small")
+    assert len(trials) == 4
+    lrs = trials["train.lr"]
+    assert set(trials[lrs > 1].status) <= {"failed"}
+    assert all("diverged" in e for e in trials[lrs > 1].error)
+    assert set(trials[lrs < 1].status) <= {"completed", "stopped_early"}
+    assert (trials.status == "completed").any()
+    # every searched hyperparameter is a column of both tables, with the value the trial used
+    merged = epochs.merge(trials[["trial_id", "attack.eps"]], on="trial_id", suffixes=("", "_trial"))
+    assert (merged["attack.eps"] == merged["attack.eps_trial"]).all()
+    assert trials["attack.eps"].between(0.05, 0.2).all()
+    # the finalist was evaluated on the test split and the Optuna study is readable without Ray
+    finalist = trials[trials.finalist == True]  # noqa: E712
+    assert len(finalist) == 1 and finalist.test_pgd20_acc.iloc[0] < finalist.test_clean_acc.iloc[0]
+    study = optuna.load_study(study_name="small", storage=f"sqlite:///{tmp_path}/small/optuna.db")
+    assert len(study.trials) == 4
+    assert "leaderboard" in proc.stdout and "Pareto front" in proc.stdout
+    assert proc.stdout.strip().splitlines()[-1] == str(tmp_path / "small")
+
+    again = tune_cli(tmp_path, path, f"search={space}", "name=small", "tune.num_samples=4", "tune.algorithm=random")
+    assert again.returncode == 0 and "] epoch " not in again.stdout  # a finished search trains nothing
+    assert results.read_table(tmp_path / "small", "trials").equals(trials)
+
+
+def test_sigkill_of_the_driver_then_the_same_command_finishes_the_search(tmp_path, natural_digits):
+    _, path = natural_digits
+    args = ["name=killed", "tune.num_samples=4", "tune.scheduler.name=fifo"]
+    first = tune_cli(tmp_path, path, *args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        trials = results.read_table(tmp_path / "killed", "trials")
+        if not trials.empty and (trials.status == "completed").sum() >= 1 and (trials.status == "running").any():
+            break
+        assert first.poll() is None, first.stdout.read()[-3000:]
+        time.sleep(1)
+    else:
+        raise AssertionError("the search never got one trial completed")
+    done_before = trials[trials.status == "completed"].set_index("trial_id")
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+
+    second = tune_cli(tmp_path, path, *args)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resuming" in second.stdout
+    trials, epochs = check_tables(tmp_path / "killed")
+    assert len(trials) == 4 and set(trials.status) == {"completed"}
+    after = trials.set_index("trial_id").loc[done_before.index]
+    assert (after.ended_at == done_before.ended_at).all()  # trials finished before the kill were not trained again
+    for trial_id in done_before.index:
+        mine = epochs[epochs.trial_id == trial_id]
+        assert (mine.finished_at <= done_before.loc[trial_id, "ended_at"]).all()
+    study = optuna.load_study(study_name="killed", storage=f"sqlite:///{tmp_path}/killed/optuna.db")
+    assert len(study.trials) == 4
+
+
+def test_multi_objective_search_returns_a_non_dominated_front(tmp_path, natural_digits):
+    _, path = natural_digits
+    proc = tune_cli(tmp_path, path, "search=afd_pareto", "name=pareto", "tune.num_samples=4")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = results.read_table(tmp_path / "pareto", "trials")
+    front = pareto_front(trials)
+    assert len(front) >= 1
+    for row in front.itertuples():
+        better = trials[(trials.clean_acc >= row.clean_acc) & (trials.robust_acc >= row.robust_acc)
+                        & ((trials.clean_acc > row.clean_acc) | (trials.robust_acc > row.robust_acc))]
+        assert better.empty
+    for row in trials[~trials.trial_id.isin(front.trial_id)].dropna(subset=["clean_acc"]).itertuples():
+        assert ((front.clean_acc >= row.clean_acc) & (front.robust_acc >= row.robust_acc)).any()
+    study = optuna.load_study(study_name="pareto", storage=f"sqlite:///{tmp_path}/pareto/optuna.db")
+    assert len(study.directions) == 2
+
+
+def test_pareto_front_of_a_hand_made_table():
+    table = pd.DataFrame({"trial_id": list("abcdef"),
+                          "clean_acc": [0.9, 0.8, 0.7, 0.85, 0.6, 0.9],
+                          "robust_acc": [0.5, 0.6, 0.7, 0.55, 0.65, 0.4]})
+    # f is dominated by a, e by c; d lies between a and b and is on the front
+    assert list(pareto_front(table).trial_id) == ["a", "d", "b", "c"]
