@@ -91,8 +91,14 @@ def flatten(config: dict, prefix: str = "") -> dict:
     return out
 
 
-def _write(path: str, rows: list, schema: pa.Schema) -> None:
-    columns = {name: [row.get(name) for row in rows] for name in schema.names}
+def _missing_to_null(value):
+    """NaN (how pandas reads back a null int or float) becomes null again."""
+    return None if isinstance(value, float) and value != value else value
+
+
+def write(path: str, rows: list, schema: pa.Schema) -> None:
+    """Write `rows` (dicts; absent keys are null) as one Parquet file of `schema`, atomically."""
+    columns = {name: [_missing_to_null(row.get(name)) for row in rows] for name in schema.names}
     table = pa.table(columns, schema=schema)
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
@@ -104,7 +110,7 @@ def write_epochs(experiment_dir: str, experiment: str, trial_id: str, config: di
     settings = flatten(config)
     rows = [{"experiment": experiment, "trial_id": trial_id, **settings, **row} for row in history]
     path = storage.join(experiment_dir, "epochs", f"{trial_id}.parquet")
-    _write(path, rows, epochs_schema())
+    write(path, rows, epochs_schema())
     return path
 
 

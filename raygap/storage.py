@@ -22,7 +22,7 @@ def absolute(path: str) -> str:
 
 
 def join(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *parts])
+    return "/".join([str(base).rstrip("/"), *parts])
 
 
 def filesystem(path: str):

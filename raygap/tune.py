@@ -118,7 +118,7 @@ class Recorder(Callback):
         from raygap import tune as this
 
         path = storage.join(self.experiment_dir, "trials", f"{trial_id}.parquet")
-        results._write(path, [self.rows[trial_id]], this.trials_schema(OmegaConf.create(self.cfg_plain)))
+        results.write(path, [self.rows[trial_id]], this.trials_schema(OmegaConf.create(self.cfg_plain)))
 
     def _update_metrics(self, row: dict, history: list):
         if not history:
@@ -152,8 +152,7 @@ class Recorder(Callback):
     def on_trial_error(self, trial, **info):
         row = self._row(trial)
         self._update_metrics(row, self._history(trial.trial_id))
-        error = trial.get_error()
-        row.update({"status": "failed", "ended_at": time.time(), "error": _error_line(error)})
+        row.update({"status": "failed", "ended_at": time.time(), "error": _error_line(trial)})
         self._save(trial.trial_id)
         self._progress(trial.trial_id)
 
@@ -185,14 +184,24 @@ class Recorder(Callback):
               + f" | eta {time.strftime('%H:%M:%S', time.gmtime(eta))}", flush=True)
 
 
-def _error_line(error) -> str:
-    """The innermost message of a trial's error, on one line."""
+def _error_line(trial) -> str:
+    """The innermost message of a failed trial's error, on one line.
+
+    Read from the driver's local copy of the pickled error: Tune syncs it to storage only later.
+    """
+    import cloudpickle
+
+    error = None
+    if trial.pickled_error_file and Path(trial.pickled_error_file).is_file():
+        with open(trial.pickled_error_file, "rb") as fh:
+            error = cloudpickle.load(fh)
+    elif trial.error_file and Path(trial.error_file).is_file():
+        return " ".join(Path(trial.error_file).read_text().split())[-2000:]
     if error is None:
         return "unknown error"
-    while getattr(error, "__cause__", None) is not None:
-        error = error.__cause__
-    text = " ".join(str(error).split())
-    return f"{type(error).__name__}: {text}"[:2000]
+    while (getattr(error, "cause", None) or error.__cause__) is not None:  # RayTaskError keeps it in .cause
+        error = getattr(error, "cause", None) or error.__cause__
+    return f"{type(error).__name__}: {' '.join(str(error).split())}"[:2000]
 
 
 def _searcher(cfg, experiment: str, experiment_dir: str):
@@ -265,7 +274,7 @@ def run(cfg, search: str = DEFAULT_SEARCH) -> dict:
     trainable = ray.tune.with_resources(run_trial, dict(cfg.tune.trial_resources))
     if Tuner.can_restore(experiment_dir):
         print(f"resuming the search in {experiment_dir}", flush=True)
-        tuner = Tuner.restore(experiment_dir, trainable=trainable, resume_errored=True)
+        tuner = Tuner.restore(experiment_dir, trainable=trainable, resume_errored=False)
     else:
         searcher, url = _searcher(cfg, experiment, experiment_dir)
         print(f"Optuna study '{experiment}' in {url}", flush=True)
@@ -277,8 +286,22 @@ def run(cfg, search: str = DEFAULT_SEARCH) -> dict:
                                            callbacks=[Recorder(cfg, experiment)],
                                            failure_config=FailureConfig(max_failures=cfg.tune.max_failures)))
     tuner.fit()
+    _close_orphans(cfg, experiment, experiment_dir)
     finalists(cfg, experiment_dir)
     return summary(cfg, experiment_dir)
+
+
+def _close_orphans(cfg, experiment: str, experiment_dir: str) -> None:
+    """Mark as failed the Optuna trials that a killed driver had asked for but never ran.
+
+    The searcher's state is saved now and then, the SQLite study at once: after a resume the study can
+    hold a trial that the restored searcher never heard of. Once the search is over, nothing is running.
+    """
+    import optuna
+
+    study = optuna.load_study(study_name=experiment, storage=cfg.tune.optuna_storage or _default_optuna_url(cfg, experiment_dir))
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
 
 
 def finalists(cfg, experiment_dir: str) -> None:
@@ -305,8 +328,7 @@ def finalists(cfg, experiment_dir: str) -> None:
         task = ray.remote(num_cpus=cfg.train.cpus_per_worker, num_gpus=gpus)(evaluate.run)
         result = ray.get(task.remote(trial_cfg))
         row.update({c: result[c[len("test_"):]] for c in columns}, finalist=True)
-        row = {k: (None if v != v else v) for k, v in row.items()}  # pandas NaN back to null
-        results._write(storage.join(experiment_dir, "trials", f"{row['trial_id']}.parquet"), [row], trials_schema(cfg))
+        results.write(storage.join(experiment_dir, "trials", f"{row['trial_id']}.parquet"), [row], trials_schema(cfg))
 
 
 def summary(cfg, experiment_dir: str) -> dict:

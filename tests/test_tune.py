@@ -57,7 +57,9 @@ def test_small_search_writes_one_row_per_epoch_and_per_trial(tmp_path, natural_d
     _, path = natural_digits
     space = tmp_path / "with_lr.yaml"
     space.write_text(LR_SPACE)
-    proc = tune_cli(tmp_path, path, f"search={space}", "name=small", "tune.num_samples=4", "tune.algorithm=random")
+    # seed 3 draws one diverging and three training learning rates
+    proc = tune_cli(tmp_path, path, f"search={space}", "name=small", "tune.num_samples=4", "tune.algorithm=random",
+                    "tune.seed=3")
     assert proc.returncode == 0, proc.stderr[-3000:]
     trials, epochs = check_tables(tmp_path / "small")
     assert len(trials) == 4
@@ -78,7 +80,8 @@ def test_small_search_writes_one_row_per_epoch_and_per_trial(tmp_path, natural_d
     assert "leaderboard" in proc.stdout and "Pareto front" in proc.stdout
     assert proc.stdout.strip().splitlines()[-1] == str(tmp_path / "small")
 
-    again = tune_cli(tmp_path, path, f"search={space}", "name=small", "tune.num_samples=4", "tune.algorithm=random")
+    again = tune_cli(tmp_path, path, f"search={space}", "name=small", "tune.num_samples=4", "tune.algorithm=random",
+                     "tune.seed=3")
     assert again.returncode == 0 and "] epoch " not in again.stdout  # a finished search trains nothing
     assert results.read_table(tmp_path / "small", "trials").equals(trials)
 
@@ -105,13 +108,15 @@ def test_sigkill_of_the_driver_then_the_same_command_finishes_the_search(tmp_pat
     assert "resuming" in second.stdout
     trials, epochs = check_tables(tmp_path / "killed")
     assert len(trials) == 4 and set(trials.status) == {"completed"}
-    after = trials.set_index("trial_id").loc[done_before.index]
-    assert (after.ended_at == done_before.ended_at).all()  # trials finished before the kill were not trained again
+    # Trials finished before the kill were not trained again: none of their epochs ran after it. (Tune may
+    # restart one whose end it had not yet saved; its Train run then finds its last epoch done.)
     for trial_id in done_before.index:
         mine = epochs[epochs.trial_id == trial_id]
         assert (mine.finished_at <= done_before.loc[trial_id, "ended_at"]).all()
     study = optuna.load_study(study_name="killed", storage=f"sqlite:///{tmp_path}/killed/optuna.db")
-    assert len(study.trials) == 4
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 4
+    assert optuna.trial.TrialState.RUNNING not in states  # one asked before the kill may be marked failed
 
 
 def test_multi_objective_search_returns_a_non_dominated_front(tmp_path, natural_digits):
