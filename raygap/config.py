@@ -71,6 +71,7 @@ class TrainConfig:
     workers: int = 0  # 0: in this process; N >= 1: a Ray Train run with N workers
     gpus_per_worker: float = 0.0
     cpus_per_worker: float = 1.0
+    backend: str = "auto"  # DDP backend: auto (nccl with GPUs, else gloo), nccl or gloo
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU), bf16 or fp32
     channels_last: bool = True  # on CUDA only
     compile: bool = False
@@ -171,7 +172,12 @@ def _register():
     from raygap.methods import METHODS
 
     store = ConfigStore.instance()
-    store.store(name="raygap_schema", node=RaygapConfig)
+    schema = OmegaConf.structured(RaygapConfig)
+    # Every key is fixed except in the two dictionaries, where a command line may add entries:
+    # tune.space={train.lr:{type:loguniform,low:0.001,high:0.1}}, tune.trial_resources={CPU:0.1,head:1}
+    for node in (schema.tune.space, schema.tune.trial_resources):
+        OmegaConf.set_struct(node, False)
+    store.store(name="raygap_schema", node=schema)
     for name, method in METHODS.items():
         store.store(group="method", name=name, node=method.Params)
 
@@ -282,6 +288,7 @@ def validate(cfg: DictConfig) -> None:
         _require(t.gpus_per_worker >= 0 and t.cpus_per_worker > 0, f"{node}.gpus_per_worker",
                  "must be >= 0 and cpus_per_worker > 0")
         _require(t.precision in ("auto", "bf16", "fp32"), f"{node}.precision", "must be auto, bf16 or fp32")
+        _require(t.backend in ("auto", "nccl", "gloo"), f"{node}.backend", "must be auto, nccl or gloo")
         _require(t.max_failures >= -1, f"{node}.max_failures", "must be >= 0 (or -1 for unlimited retries)")
         _require(t.workers <= 1 or t.batch_size >= t.workers, f"{node}.batch_size",
                  f"({t.batch_size}) must be at least the number of workers ({t.workers})")

@@ -81,7 +81,7 @@ def lr_factor(t, progress: float) -> float:
 class LocalContext:
     """One process, checkpoints in `run_dir/state.pt` (latest only)."""
 
-    rank, world, cpus = 0, 1, 1.0
+    rank, world, cpus, node = 0, 1, 1.0, None
 
     def __init__(self, run_dir: str):
         self.path = storage.join(run_dir, "state.pt")
@@ -103,13 +103,17 @@ class RayContext:
     """A worker of a Ray Train run: rank and device from Ray, checkpoints through `ray.train.report`."""
 
     def __init__(self, cpus: float, gpus: float):
+        import ray
         import ray.train
         import ray.train.torch
 
         context = ray.train.get_context()
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
         self.device = ray.train.torch.get_device()
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            self.device = torch.device("cpu")  # a GPU that is only a resource (Ray's fake_multinode nodes)
         self.cpus, self.gpus = cpus, gpus
+        self.node = ray.get_runtime_context().get_node_id()
 
     def restore(self):
         import ray.train
@@ -283,7 +287,7 @@ def train_loop(job: dict, context=None) -> dict | None:
                "mfu": images_per_s * flops_per_image / peak if peak else None,
                "train_seconds": train_seconds, "wall_seconds": wall,
                "gpu_seconds": wall * context.gpus * world, "cpu_seconds": wall * context.cpus * world,
-               "finished_at": time.time()}
+               "finished_at": time.time(), "node": context.node}
         history.append(row)
         if rank == 0:
             _print_progress(job["label"], row, history, t.epochs)

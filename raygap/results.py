@@ -75,6 +75,7 @@ def loss_parts() -> tuple:
 def epochs_schema() -> pa.Schema:
     fields = [("experiment", pa.string()), ("trial_id", pa.string()), ("epoch", pa.int64())]
     fields += [(m, pa.float64()) for m in EPOCH_METRICS] + [(f"loss_{p}", pa.float64()) for p in loss_parts()]
+    fields += [("node", pa.string())]  # the Ray node of rank 0; null in this process
     return pa.schema(fields + list(config_fields()))
 
 

@@ -60,4 +60,7 @@ def connect() -> None:
         ray.init(address=os.environ["RAY_ADDRESS"], logging_level="WARNING")
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Ray Train's controller polls its workers every 2 s by default: a worker that dies within that
+    # window of a report loses the report's checkpoint, and every run waits on a few polls to start.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     ray.init(address="local", _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1", logging_level="WARNING")

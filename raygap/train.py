@@ -55,7 +55,7 @@ def execute(cfg, *, stage: str, start: str | None, run_dir: str, label: str, exp
         return train_loop(job)
 
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, WorkerGroupError
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     from raygap import session
 
@@ -64,6 +64,7 @@ def execute(cfg, *, stage: str, start: str | None, run_dir: str, label: str, exp
     parent, name = run_dir.rsplit("/", 1)
     trainer = TorchTrainer(
         ray_train_loop, train_loop_config=job,
+        torch_config=TorchConfig(backend=None if t.backend == "auto" else t.backend),
         scaling_config=ScalingConfig(num_workers=t.workers, use_gpu=t.gpus_per_worker > 0,
                                      resources_per_worker=per_worker),
         run_config=RunConfig(name=name, storage_path=parent, callbacks=callbacks,

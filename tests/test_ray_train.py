@@ -39,7 +39,7 @@ def test_two_workers_match_one_worker_with_the_same_global_batch(cluster, tmp_pa
 
 def test_a_worker_killed_mid_epoch_is_restarted_from_its_checkpoint(cluster, tmp_path, natural_digits, monkeypatch):
     _, path = natural_digits
-    monkeypatch.setenv("RAYGAP_TEST_KILL", "2:3")  # SIGKILL the last rank at batch 3 of epoch 2, once
+    monkeypatch.setenv("RAYGAP_TEST_KILL", "2:8")  # SIGKILL the last rank at batch 8 (of 10) of epoch 2, once
     cfg, result = run(tmp_path, path, "faulty", "train.workers=2", "train.max_failures=1")
     run_dir = storage.join(cfg.storage, "faulty")
     killed_at = os.path.getmtime(storage.join(run_dir, ".test-kill-done"))

@@ -14,8 +14,8 @@ import pytest
 from raygap import results
 from raygap.analysis import pareto_front
 
-SMALL = ["train.epochs=3", "tune.max_concurrent=2", "tune.scheduler.grace_period=1", "final_eval.n=100",
-         "final_eval.attacks=[clean,pgd20]"]
+SMALL = ["train.epochs=2", "tune.max_concurrent=2", "tune.scheduler.grace_period=1", "final_eval.n=100",
+         "final_eval.attacks=[clean,pgd20]", "eval.val_n=100"]
 
 
 def tune_cli(tmp_path, path, *args, **popen):
@@ -26,7 +26,7 @@ def tune_cli(tmp_path, path, *args, **popen):
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
 
 
-def check_tables(experiment_dir, train_epochs=3):
+def check_tables(experiment_dir, train_epochs=2):
     trials = results.read_table(experiment_dir, "trials")
     epochs = results.read_table(experiment_dir, "epochs")
     assert trials.trial_id.is_unique
@@ -88,7 +88,7 @@ def test_small_search_writes_one_row_per_epoch_and_per_trial(tmp_path, natural_d
 
 def test_sigkill_of_the_driver_then_the_same_command_finishes_the_search(tmp_path, natural_digits):
     _, path = natural_digits
-    args = ["name=killed", "tune.num_samples=4", "tune.scheduler.name=fifo"]
+    args = ["name=killed", "tune.num_samples=3", "tune.scheduler.name=fifo"]
     first = tune_cli(tmp_path, path, *args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 600
     while time.time() < deadline:
@@ -107,7 +107,7 @@ def test_sigkill_of_the_driver_then_the_same_command_finishes_the_search(tmp_pat
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resuming" in second.stdout
     trials, epochs = check_tables(tmp_path / "killed")
-    assert len(trials) == 4 and set(trials.status) == {"completed"}
+    assert len(trials) == 3 and set(trials.status) == {"completed"}
     # Trials finished before the kill were not trained again: none of their epochs ran after it. (Tune may
     # restart one whose end it had not yet saved; its Train run then finds its last epoch done.)
     for trial_id in done_before.index:
@@ -115,13 +115,13 @@ def test_sigkill_of_the_driver_then_the_same_command_finishes_the_search(tmp_pat
         assert (mine.finished_at <= done_before.loc[trial_id, "ended_at"]).all()
     study = optuna.load_study(study_name="killed", storage=f"sqlite:///{tmp_path}/killed/optuna.db")
     states = [t.state for t in study.trials]
-    assert states.count(optuna.trial.TrialState.COMPLETE) == 4
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 3
     assert optuna.trial.TrialState.RUNNING not in states  # one asked before the kill may be marked failed
 
 
 def test_multi_objective_search_returns_a_non_dominated_front(tmp_path, natural_digits):
     _, path = natural_digits
-    proc = tune_cli(tmp_path, path, "search=afd_pareto", "name=pareto", "tune.num_samples=4")
+    proc = tune_cli(tmp_path, path, "search=afd_pareto", "name=pareto", "tune.num_samples=3")
     assert proc.returncode == 0, proc.stderr[-3000:]
     trials = results.read_table(tmp_path / "pareto", "trials")
     front = pareto_front(trials)

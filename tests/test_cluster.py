@@ -1,0 +1,130 @@
+"""The cluster files: Ray's own validation of the launcher configs, the KubeRay manifests, the upload
+filter, and a real local autoscaling cluster (Ray's fake_multinode provider) running a submitted search."""
+
+import copy
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import ray
+import yaml
+
+from raygap import results
+
+ROOT = Path(__file__).resolve().parent.parent
+CLUSTER = ROOT / "cluster"
+IMAGE = f"rayproject/ray:{ray.__version__}-py{sys.version_info.major}{sys.version_info.minor}-gpu"
+
+
+@pytest.mark.parametrize("name", ["aws.yaml", "gcp.yaml"])
+def test_cluster_launcher_configs_pass_rays_validation(name):
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((CLUSTER / name).read_text())
+    validate_config(prepare_config(copy.deepcopy(config)))
+    assert config["docker"]["image"] == IMAGE  # pinned to the Ray and Python raygap is tested with
+    assert "--env RAY_AUTH_MODE=token" in config["docker"]["run_options"]
+    nodes = config["available_node_types"]
+    head, worker = nodes[config["head_node_type"]], nodes["gpu_worker"]
+    assert head["resources"]["GPU"] == 0 and head["resources"]["trial_driver"] > 0
+    assert worker["min_workers"] == 0 and worker["max_workers"] >= 1 and worker["resources"]["GPU"] >= 1
+    assert all(isinstance(v, int) for node in nodes.values() for v in node["resources"].values())
+    assert config["idle_timeout_minutes"] > 0
+    assert any("--dashboard-host=127.0.0.1" in c for c in config["head_start_ray_commands"])
+    assert any("raygap" in c and "pip install" in c for c in config["setup_commands"])
+    if name == "aws.yaml":
+        assert worker["node_config"]["InstanceMarketOptions"]["MarketType"] == "spot"
+        rules = config["provider"]["security_group"]["IpPermissions"]
+        assert [(r["FromPort"], r["ToPort"]) for r in rules] == [(22, 22)]  # only SSH from outside
+    else:
+        assert {"preemptible": True} in worker["node_config"]["scheduling"]
+        assert "firewall" not in json.dumps(config).lower()
+
+
+def test_kuberay_manifests_carry_what_kuberay_requires():
+    cluster = yaml.safe_load((CLUSTER / "kuberay" / "raycluster.yaml").read_text())
+    job = yaml.safe_load((CLUSTER / "kuberay" / "rayjob.yaml").read_text())
+    assert (cluster["apiVersion"], cluster["kind"]) == ("ray.io/v1", "RayCluster")
+    spec = cluster["spec"]
+    assert spec["rayVersion"] == ray.__version__ and spec["enableInTreeAutoscaling"] is True
+    assert spec["authOptions"]["mode"] == "token"
+    assert "trial_driver" in spec["headGroupSpec"]["rayStartParams"]["resources"]
+    (gpu,) = spec["workerGroupSpecs"]
+    assert gpu["minReplicas"] == 0 and gpu["maxReplicas"] >= 1 and gpu["replicas"] == 0
+    assert gpu["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    for group in [spec["headGroupSpec"], gpu]:
+        assert all(p.get("name") != "dashboard" or "hostPort" not in p
+                   for c in group["template"]["spec"]["containers"] for p in c.get("ports", []))
+    assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
+    assert job["spec"]["entrypoint"].startswith("python -m raygap.tune")
+    assert isinstance(yaml.safe_load(job["spec"]["runtimeEnvYAML"]), dict)
+    assert job["spec"]["shutdownAfterJobFinishes"] is True
+    assert job["spec"]["rayClusterSpec"] == spec  # the job's cluster is raycluster.yaml's
+
+
+def test_rayignore_keeps_results_data_checkpoints_and_git_out_of_the_upload(tmp_path):
+    from ray._private.runtime_env.packaging import create_package
+
+    copy_ = tmp_path / "repo"
+    top_level_junk = {".ci-venv", ".venv", "raygap_results", "data", ".git"}
+    shutil.copytree(ROOT, copy_, ignore=lambda folder, names: top_level_junk & set(names) if Path(folder) == ROOT else [])
+    for junk in ["raygap_results/x/trials/a.parquet", "data/cifar-10-batches-py/data_batch_1", "model.pt",
+                 ".git/objects/pack/big", "raygap_results/x/optuna.db"]:
+        (copy_ / junk).parent.mkdir(parents=True, exist_ok=True)
+        (copy_ / junk).write_bytes(b"x")
+    package = tmp_path / "upload.zip"
+    create_package(str(copy_), package, include_gitignore=False)  # .rayignore alone
+    names = zipfile.ZipFile(package).namelist()
+    assert {"raygap/tune.py", "search_spaces/afd.yaml", "search_spaces/data/digits.yaml"} <= set(names)
+    assert not [n for n in names if n.startswith(("raygap_results/", "data/", ".git/")) or n.endswith(".pt")]
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_search_submitted_to_a_local_autoscaling_cluster_runs_on_added_gpu_nodes(tmp_path, natural_digits):
+    _, path = natural_digits
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    env = dict(os.environ, RAY_FAKE_CLUSTER="1", RAY_AUTH_MODE="disabled", PYTHONUNBUFFERED="1")
+    env.pop("RAY_ADDRESS", None)
+    gcs, dashboard = _free_port(), _free_port()
+    address = f"http://127.0.0.1:{dashboard}"
+    subprocess.run([ray_cli, "start", "--head", f"--autoscaling-config={CLUSTER / 'local.yaml'}", "--num-cpus=1",
+                    '--resources={"trial_driver": 1000}', "--node-ip-address=127.0.0.1", f"--port={gcs}",
+                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--disable-usage-stats"],
+                   env=env, check=True, capture_output=True, timeout=120)
+    try:
+        job = subprocess.run(
+            [ray_cli, "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
+             sys.executable, "-m", "raygap.tune", f"storage={tmp_path}", "name=cluster", f"pretrained={path}",
+             "tune.num_samples=2", "train.epochs=2", "train.gpus_per_worker=1", "train.cpus_per_worker=1",
+             "train.backend=gloo", "tune.trial_resources={CPU:0.1,trial_driver:1}", "final_eval.n=100",
+             "final_eval.attacks=[clean,pgd20]"],
+            env=env, capture_output=True, text=True, timeout=900)
+        assert job.returncode == 0 and "Job 'raysubmit_" in job.stdout, job.stdout[-3000:] + job.stderr[-3000:]
+        assert "succeeded" in job.stdout
+
+        nodes = json.loads(subprocess.run([ray_cli, "list", "nodes", "--address", address, "--format", "json",
+                                           "--limit", "100"], env=env, capture_output=True, text=True,
+                                          check=True).stdout)
+        head = {n["node_id"] for n in nodes if n["is_head_node"]}
+        added = {n["node_id"] for n in nodes if not n["is_head_node"] and n["resources_total"].get("GPU", 0) >= 1}
+        assert added, nodes  # the autoscaler launched at least one GPU worker node
+
+        trials = results.read_table(tmp_path / "cluster", "trials")
+        epochs = results.read_table(tmp_path / "cluster", "epochs")
+        assert len(trials) == 2 and set(trials.status) <= {"completed", "stopped_early"}
+        assert sorted(epochs.groupby("trial_id").epoch.max()) == sorted(trials.epochs)
+        assert set(epochs.node) <= added and not set(epochs.node) & head  # trials trained on worker nodes
+        assert trials.finalist.fillna(False).sum() == 1
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120)
