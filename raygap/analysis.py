@@ -1,8 +1,66 @@
-"""Reading and analysing an experiment's Parquet tables (also usable without Jupyter)."""
+"""Reading and analysing an experiment's Parquet tables: the helpers of `notebooks/analyze_trials.ipynb`
+and of `python -m raygap.report`, usable from any Python session without Jupyter.
+
+    from raygap import analysis
+    trials, epochs = analysis.load(analysis.latest_experiment())
+    analysis.plot_pareto(trials)
+"""
 
 from __future__ import annotations
 
+import json
+import os
+
 import pandas as pd
+
+from raygap import results
+
+# The test-split accuracy that marks finalists, strongest attack first.
+FINAL_ATTACKS = ["autoattack", "cw", "pgd20", "pgd10", "fgsm"]
+STATUS_MARKERS = {"completed": "o", "stopped_early": "v", "failed": "x", "running": "."}
+
+
+def latest_experiment(root: str = "raygap_results") -> str:
+    """The experiment folder under `root` whose trials table changed last."""
+    folders = [os.path.join(root, name) for name in (os.listdir(root) if os.path.isdir(root) else [])]
+    found = [f for f in folders if os.path.isdir(os.path.join(f, "trials"))]
+    if not found:
+        raise FileNotFoundError(f"no experiment under {os.path.abspath(root)}: run `python -m raygap.tune` first, "
+                                "or name the experiment folder")
+    return max(found, key=lambda f: os.path.getmtime(os.path.join(f, "trials")))
+
+
+def load(experiment_dir: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(trials, epochs) of an experiment as pandas DataFrames."""
+    trials = results.read_table(experiment_dir, "trials")
+    if trials.empty:
+        raise FileNotFoundError(f"{experiment_dir} has no trials table: is it an experiment folder of raygap.tune?")
+    return trials, results.read_table(experiment_dir, "epochs")
+
+
+def searched(trials: pd.DataFrame) -> list[str]:
+    """The searched hyperparameters (config keys, each a column), in the search space's order."""
+    keys: dict = {}
+    for params in trials.params.dropna():
+        keys.update(dict.fromkeys(json.loads(params)))
+    return list(keys)
+
+
+def final_attack(trials: pd.DataFrame) -> str | None:
+    """The column of the strongest attack the finalists were evaluated with, if any."""
+    for attack in FINAL_ATTACKS:
+        column = f"test_{attack}_acc"
+        if column in trials and trials[column].notna().any():
+            return column
+    return None
+
+
+def color_key(trials: pd.DataFrame) -> str | None:
+    """What to colour trials by: the method when several were searched, else the disentangler size."""
+    for key in ["method.name", "method.disentangler_size", *searched(trials)]:
+        if key in trials and trials[key].nunique() > 1:
+            return key
+    return None
 
 
 def pareto_front(frame: pd.DataFrame, x: str = "clean_acc", y: str = "robust_acc") -> pd.DataFrame:
@@ -19,3 +77,156 @@ def pareto_front(frame: pd.DataFrame, x: str = "clean_acc", y: str = "robust_acc
             keep.append(index)
             best_y = value
     return rows.loc[keep]
+
+
+def leaderboard(trials: pd.DataFrame, metric: str = "robust_acc", mode: str = "max") -> pd.DataFrame:
+    """The trials best first by `metric`, with the columns people compare them on."""
+    tests = [c for c in trials.columns if c.startswith("test_")]
+    shown = ["trial_id", "status", *searched(trials), "epochs", "clean_acc", "robust_acc", *tests, "gpu_seconds",
+             "cpu_seconds"]
+    return trials.sort_values(metric, ascending=mode == "min", na_position="last")[shown]
+
+
+def _axes(ax, size=(6, 4.5)):
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=size, layout="constrained")
+    return ax
+
+
+def _colors(values: pd.Series) -> dict:
+    import matplotlib
+
+    palette = matplotlib.colormaps["tab10"]
+    return {v: palette(i % 10) for i, v in enumerate(sorted(values.dropna().unique(), key=str))}
+
+
+def plot_pareto(trials: pd.DataFrame, ax=None):
+    """Clean vs robust validation accuracy of every trial; the front joined and ringed, finalists'
+    test accuracy under the strongest attack drawn as a star below their validation point."""
+    ax = _axes(ax)
+    key = color_key(trials)
+    scored = trials.dropna(subset=["clean_acc", "robust_acc"])
+    groups = scored[key] if key else pd.Series("all", index=scored.index)
+    colors = _colors(groups)
+    for (value, status), group in scored.groupby([groups, scored.status]):
+        ax.scatter(group.clean_acc, group.robust_acc, color=colors[value], alpha=0.8,
+                   marker=STATUS_MARKERS.get(status, "o"), label=f"{key}={value}, {status}" if key else status)
+    front = pareto_front(scored)
+    ax.plot(front.clean_acc, front.robust_acc, "k--", lw=1, drawstyle="steps-post", label="Pareto front")
+    ax.scatter(front.clean_acc, front.robust_acc, s=160, facecolors="none", edgecolors="k")
+    column = final_attack(trials)
+    if column:
+        final = scored[scored[column].notna()]
+        ax.scatter(final.clean_acc, final.robust_acc, marker="*", s=260, color="gold", edgecolors="k", zorder=3,
+                   label=f"finalist (its {column} on the test split written beside it)")
+        for row in final.itertuples():
+            ax.annotate(f"{getattr(row, column):.3f}", (row.clean_acc, row.robust_acc), xytext=(8, -4),
+                        textcoords="offset points", fontsize=8)
+    ax.margins(0.1)
+    ax.set(xlabel="clean accuracy (validation)", ylabel="robust accuracy (validation)",
+           title=f"{len(scored)} trials: clean vs robust accuracy")
+    ax.legend(fontsize=7)
+    return ax.figure
+
+
+def plot_learning_curves(trials: pd.DataFrame, epochs: pd.DataFrame, metric: str = "robust_acc", ax=None):
+    """`metric` per epoch for each trial; trials stopped early end in a black triangle, failed ones in an x."""
+    ax = _axes(ax)
+    key = color_key(trials)
+    colors = _colors(trials[key]) if key else {}
+    status = trials.set_index("trial_id").status
+    for trial_id, curve in epochs.sort_values("epoch").groupby("trial_id"):
+        color = colors.get(curve[key].iloc[0], "tab:blue") if key else "tab:blue"
+        ax.plot(curve.epoch, curve[metric], color=color, alpha=0.7, lw=1.2, marker=".")
+        end = status.get(trial_id)
+        if end in ("stopped_early", "failed"):
+            ax.scatter(curve.epoch.iloc[-1], curve[metric].iloc[-1], color="black", zorder=3,
+                       marker=STATUS_MARKERS[end], s=60)
+    for end in ("stopped_early", "failed"):
+        ax.scatter([], [], color="black", marker=STATUS_MARKERS[end], label=end.replace("_", " "))
+    for value, color in colors.items():
+        ax.plot([], [], color=color, label=f"{key}={value}")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set(xlabel="epoch", ylabel=f"{metric} (validation)", title=f"learning curves of {epochs.trial_id.nunique()} trials")
+    ax.legend(fontsize=7)
+    return ax.figure
+
+
+def plot_hyperparameters(trials: pd.DataFrame, params: list | None = None):
+    """One column per searched hyperparameter: robust (top) and clean (bottom) accuracy against it."""
+    import matplotlib.pyplot as plt
+
+    params = [p for p in (params or searched(trials)) if p in trials]
+    fig, axes = plt.subplots(2, max(len(params), 1), figsize=(4 * max(len(params), 1), 6), squeeze=False,
+                             layout="constrained")
+    scored = trials.dropna(subset=["clean_acc", "robust_acc"])
+    for j, param in enumerate(params):
+        values = scored[param]
+        numeric = pd.api.types.is_numeric_dtype(values)
+        positions = values if numeric else values.astype(str)
+        for i, metric in enumerate(["robust_acc", "clean_acc"]):
+            ax = axes[i, j]
+            for status, group in scored.groupby("status"):
+                ax.scatter(positions[group.index], group[metric], marker=STATUS_MARKERS.get(status, "o"),
+                           alpha=0.8, label=status)
+            if numeric and values.min() > 0 and values.max() / values.min() > 20:
+                ax.set_xscale("log")
+            ax.set(xlabel=param, ylabel=f"{metric} (validation)")
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle("accuracy against each searched hyperparameter")
+    return fig
+
+
+def importances(experiment_dir: str, storage_url: str | None = None) -> pd.Series:
+    """Optuna's importance of each hyperparameter (its default evaluator) for the study's first objective.
+
+    Read from the study the search saved (`<experiment>/optuna.db` by default). Empty when the study
+    has too few finished trials or no hyperparameter common to all of them.
+    """
+    import optuna
+
+    name = experiment_dir.rstrip("/").rsplit("/", 1)[-1]
+    study = optuna.load_study(study_name=name, storage=storage_url or results.optuna_url(experiment_dir))
+    target = (lambda t: t.values[0]) if len(study.directions) > 1 else None
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    # importances need every completed trial to share at least one hyperparameter that varies
+    if len(done) < 2 or not any(len({str(t.params.get(p)) for t in done}) > 1
+                                for p in set.intersection(*(set(t.params) for t in done))):
+        return pd.Series(dtype=float, name="importance")
+    found = optuna.importance.get_param_importances(study, target=target)
+    return pd.Series(found, name="importance").sort_values()
+
+
+def plot_importances(series: pd.Series, ax=None):
+    ax = _axes(ax, size=(6, 3))
+    if series.empty:
+        ax.text(0.5, 0.5, "too few completed trials for importances", ha="center", va="center")
+    else:
+        ax.barh(series.index, series.values, color="tab:purple")
+    ax.set(xlabel="importance (Optuna, first objective)", title="hyperparameter importance")
+    return ax.figure
+
+
+def plot_cost(trials: pd.DataFrame, ax=None):
+    """Robust and clean validation accuracy against each trial's compute (GPU-seconds when trials used
+    GPUs, else CPU-seconds)."""
+    ax = _axes(ax)
+    cost = "gpu_seconds" if trials.gpu_seconds.fillna(0).sum() > 0 else "cpu_seconds"
+    for metric, color in [("robust_acc", "tab:red"), ("clean_acc", "tab:blue")]:
+        for status, group in trials.dropna(subset=[metric]).groupby("status"):
+            ax.scatter(group[cost], group[metric], color=color, marker=STATUS_MARKERS.get(status, "o"), alpha=0.8,
+                       label=f"{metric}, {status}")
+    ax.set(xlabel=cost.replace("_", "-"), ylabel="accuracy (validation)", title="accuracy against cost")
+    ax.legend(fontsize=7)
+    return ax.figure
+
+
+def figures(experiment_dir: str) -> dict:
+    """Every figure of the analysis, by name."""
+    trials, epochs = load(experiment_dir)
+    return {"pareto": plot_pareto(trials), "learning_curves": plot_learning_curves(trials, epochs),
+            "hyperparameters": plot_hyperparameters(trials), "importances": plot_importances(importances(experiment_dir)),
+            "cost": plot_cost(trials)}
+

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -215,7 +216,7 @@ def _searcher(cfg, experiment: str, experiment_dir: str):
     sampler = {"tpe": lambda: optuna.samplers.TPESampler(seed=t.seed),
                "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=t.seed),
                "random": lambda: optuna.samplers.RandomSampler(seed=t.seed)}[algorithm]()
-    url = t.optuna_storage or _default_optuna_url(cfg, experiment_dir)
+    url = _optuna_url(cfg, experiment_dir)
     metric = [o.metric for o in objectives] if len(objectives) > 1 else objectives[0].metric
     mode = [o.mode for o in objectives] if len(objectives) > 1 else objectives[0].mode
     searcher = OptunaSearch(space=functools.partial(suggest, space=as_dict(t.space)), metric=metric, mode=mode,
@@ -223,14 +224,12 @@ def _searcher(cfg, experiment: str, experiment_dir: str):
     return ConcurrencyLimiter(searcher, max_concurrent=t.max_concurrent), url
 
 
-def _default_optuna_url(cfg, experiment_dir: str) -> str:
-    import os
-
-    # SQLite needs a local file: beside the tables on local storage, else in ./raygap_results/<name>/
-    folder = experiment_dir if not storage.is_uri(experiment_dir) else os.path.abspath(
-        storage.join("raygap_results", experiment_dir.rsplit("/", 1)[-1]))
-    os.makedirs(folder, exist_ok=True)
-    return f"sqlite:///{folder}/optuna.db"
+def _optuna_url(cfg, experiment_dir: str) -> str:
+    if cfg.tune.optuna_storage:
+        return cfg.tune.optuna_storage
+    url = results.optuna_url(experiment_dir)
+    os.makedirs(os.path.dirname(url[len("sqlite:///"):]), exist_ok=True)
+    return url
 
 
 def _trial_name(trial) -> str:
@@ -299,7 +298,7 @@ def _close_orphans(cfg, experiment: str, experiment_dir: str) -> None:
     """
     import optuna
 
-    study = optuna.load_study(study_name=experiment, storage=cfg.tune.optuna_storage or _default_optuna_url(cfg, experiment_dir))
+    study = optuna.load_study(study_name=experiment, storage=_optuna_url(cfg, experiment_dir))
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
 
@@ -335,22 +334,19 @@ def summary(cfg, experiment_dir: str) -> dict:
     """Print the leaderboard, the Pareto front and where the tables are; return them."""
     import pandas as pd
 
-    from raygap.analysis import pareto_front
+    from raygap.analysis import leaderboard, pareto_front
 
     frame = results.read_table(experiment_dir, "trials")
     if frame.empty:
         raise UserError(f"no trial finished in {experiment_dir}; see the errors above")
     objective = cfg.tune.objectives[0]
-    searched = list(cfg.tune.space)
-    board = frame.sort_values(objective.metric, ascending=objective.mode == "min", na_position="last")
-    tests = [c for c in frame.columns if c.startswith("test_")]
-    shown = ["trial_id", "status", *searched, "epochs", "clean_acc", "robust_acc", *tests, "gpu_seconds", "cpu_seconds"]
+    board = leaderboard(frame, objective.metric, objective.mode)
+    front = pareto_front(frame)
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.4g}".format):
         print("\nleaderboard (validation accuracy at the last epoch; test_* on the test split):")
-        print(board[shown].head(10).to_string(index=False))
-        front = pareto_front(frame)
+        print(board.head(10).to_string(index=False))
         print("\nPareto front of clean vs robust validation accuracy:")
-        print(front[["trial_id", *searched, "clean_acc", "robust_acc"]].to_string(index=False))
+        print(front[board.columns[:-2]].to_string(index=False))
     counts = frame.status.value_counts().to_dict()
     print(f"\ntrials: {len(frame)} ({', '.join(f'{n} {s}' for s, n in counts.items())}); "
           f"cost {frame.cpu_seconds.sum():.0f} CPU-seconds, {frame.gpu_seconds.sum():.0f} GPU-seconds")

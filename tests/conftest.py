@@ -27,3 +27,41 @@ def run_cli(module, *args, cwd=None):
     env = dict(os.environ, RAY_AUTH_MODE="disabled", PYTHONUNBUFFERED="1")
     return subprocess.run([sys.executable, "-m", f"raygap.{module}", *args], capture_output=True, text=True,
                           cwd=cwd, env=env, timeout=900)
+
+
+SMALL = ["train.epochs=2", "tune.max_concurrent=2", "tune.scheduler.grace_period=1", "final_eval.n=100",
+         "final_eval.attacks=[clean,pgd20]", "eval.val_n=100"]
+
+
+def tune_cli(tmp_path, path, *args, **popen):
+    command = [sys.executable, "-m", "raygap.tune", f"storage={tmp_path}", f"pretrained={path}", *SMALL, *args]
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", PYTHONUNBUFFERED="1")
+    if popen:
+        return subprocess.Popen(command, env=env, text=True, **popen)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+
+
+# The default AFD search plus two learning rates: 1e4 diverges (a failed trial, with its reason).
+LR_SPACE = """
+defaults: [afd, _self_]
+tune:
+  space:
+    train.lr: {type: choice, values: [0.01, 10000.0]}
+"""
+
+
+@pytest.fixture(scope="session")
+def small_search(tmp_path_factory, natural_digits):
+    """A real small search, shared: AFD on digits, 4 random trials of 2 epochs, one of them diverging.
+
+    Its storage is `<tmp>/raygap_results`, so tools that default to the newest experiment there find it.
+    Returns (experiment folder, the finished process, the arguments that re-run it).
+    """
+    storage = tmp_path_factory.mktemp("search") / "raygap_results"
+    space = storage.parent / "with_lr.yaml"
+    space.write_text(LR_SPACE)
+    # seed 3 draws one diverging and three training learning rates
+    args = [f"search={space}", "name=small", "tune.num_samples=4", "tune.algorithm=random", "tune.seed=3"]
+    proc = tune_cli(storage, natural_digits[1], *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return storage / "small", proc, args

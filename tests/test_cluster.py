@@ -98,13 +98,19 @@ def test_a_search_submitted_to_a_local_autoscaling_cluster_runs_on_added_gpu_nod
     env.pop("RAY_ADDRESS", None)
     gcs, dashboard = _free_port(), _free_port()
     address = f"http://127.0.0.1:{dashboard}"
-    subprocess.run([ray_cli, "start", "--head", f"--autoscaling-config={CLUSTER / 'local.yaml'}", "--num-cpus=1",
+    # local.yaml's fake nodes join the head at port 6379 unless told otherwise: tell them our free port
+    autoscaling = yaml.safe_load((CLUSTER / "local.yaml").read_text())
+    autoscaling["provider"]["gcs_address"] = f"127.0.0.1:{gcs}"
+    (tmp_path / "local.yaml").write_text(yaml.safe_dump(autoscaling))
+    subprocess.run([ray_cli, "start", "--head", f"--autoscaling-config={tmp_path / 'local.yaml'}", "--num-cpus=1",
                     '--resources={"trial_driver": 1000}', "--node-ip-address=127.0.0.1", f"--port={gcs}",
                     "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--disable-usage-stats"],
                    env=env, check=True, capture_output=True, timeout=120)
     try:
+        # No --working-dir here (raygap is installed): the fake nodes share one session folder, and a
+        # fake node that goes away deletes the unpacked working dir, the job driver's cwd, under it.
         job = subprocess.run(
-            [ray_cli, "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
+            [ray_cli, "job", "submit", "--address", address, "--",
              sys.executable, "-m", "raygap.tune", f"storage={tmp_path}", "name=cluster", f"pretrained={path}",
              "tune.num_samples=2", "train.epochs=2", "train.gpus_per_worker=1", "train.cpus_per_worker=1",
              "train.backend=gloo", "tune.trial_resources={CPU:0.1,trial_driver:1}", "final_eval.n=100",

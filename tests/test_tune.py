@@ -14,16 +14,7 @@ import pytest
 from raygap import results
 from raygap.analysis import pareto_front
 
-SMALL = ["train.epochs=2", "tune.max_concurrent=2", "tune.scheduler.grace_period=1", "final_eval.n=100",
-         "final_eval.attacks=[clean,pgd20]", "eval.val_n=100"]
-
-
-def tune_cli(tmp_path, path, *args, **popen):
-    command = [sys.executable, "-m", "raygap.tune", f"storage={tmp_path}", f"pretrained={path}", *SMALL, *args]
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", PYTHONUNBUFFERED="1")
-    if popen:
-        return subprocess.Popen(command, env=env, text=True, **popen)
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+from conftest import tune_cli
 
 
 def check_tables(experiment_dir, train_epochs=2):
@@ -44,24 +35,10 @@ def check_tables(experiment_dir, train_epochs=2):
     return trials, epochs
 
 
-# The default AFD search plus two learning rates: 1e4 diverges (a failed trial, with its reason).
-LR_SPACE = """
-defaults: [afd, _self_]
-tune:
-  space:
-    train.lr: {type: choice, values: [0.01, 10000.0]}
-"""
-
-
-def test_small_search_writes_one_row_per_epoch_and_per_trial(tmp_path, natural_digits):
-    _, path = natural_digits
-    space = tmp_path / "with_lr.yaml"
-    space.write_text(LR_SPACE)
-    # seed 3 draws one diverging and three training learning rates
-    proc = tune_cli(tmp_path, path, f"search={space}", "name=small", "tune.num_samples=4", "tune.algorithm=random",
-                    "tune.seed=3")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    trials, epochs = check_tables(tmp_path / "small")
+def test_small_search_writes_one_row_per_epoch_and_per_trial(small_search, natural_digits):
+    experiment_dir, proc, args = small_search
+    tmp_path = experiment_dir.parent
+    trials, epochs = check_tables(experiment_dir)
     assert len(trials) == 4
     lrs = trials["train.lr"]
     assert set(trials[lrs > 1].status) <= {"failed"}
@@ -80,8 +57,7 @@ def test_small_search_writes_one_row_per_epoch_and_per_trial(tmp_path, natural_d
     assert "leaderboard" in proc.stdout and "Pareto front" in proc.stdout
     assert proc.stdout.strip().splitlines()[-1] == str(tmp_path / "small")
 
-    again = tune_cli(tmp_path, path, f"search={space}", "name=small", "tune.num_samples=4", "tune.algorithm=random",
-                     "tune.seed=3")
+    again = tune_cli(tmp_path, natural_digits[1], *args)
     assert again.returncode == 0 and "] epoch " not in again.stdout  # a finished search trains nothing
     assert results.read_table(tmp_path / "small", "trials").equals(trials)
 
