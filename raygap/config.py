@@ -216,7 +216,7 @@ def load(overrides: list[str], config_name: str = "raygap") -> DictConfig:
         directory, config_name = path.parent, path.stem
         overrides = [*overrides, f"hydra.searchpath=[file://{config_dir()}]"]
     elif not (directory / f"{config_name}.yaml").is_file():
-        names = sorted(p.stem for p in directory.glob("*.yaml"))
+        names = sorted(p.stem for p in directory.glob("*.yaml") if p.stem != "raygap")  # raygap.yaml: the base
         raise UserError(f"unknown search space '{config_name}'; choose one of: {', '.join(names)}, "
                         f"or give the path of a YAML file")
     for override in overrides:

@@ -7,3 +7,7 @@ class UserError(Exception):
 
 class Diverged(UserError):
     """The loss became NaN or infinite: the same run would diverge again, so it is not retried."""
+
+
+class StorageError(UserError):
+    """The storage refused a write: every later write would fail too, so the search stops at once."""

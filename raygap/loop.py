@@ -141,6 +141,22 @@ def ray_train_loop(job: dict):
     train_loop(job, RayContext(t["cpus_per_worker"], t["gpus_per_worker"]))
 
 
+def _test_out_of_memory(job: dict):
+    """Test-only: with RAYGAP_TEST_OOM=1, every run of the first trial of a search to start raises an
+    out-of-memory error (the trial claims a marker file in the local experiment folder)."""
+    if not os.environ.get("RAYGAP_TEST_OOM") or not job.get("trial_id"):
+        return
+    claim = os.path.join(job["experiment_dir"], ".test-oom-trial")
+    try:
+        with open(claim, "x") as fh:
+            fh.write(job["trial_id"])
+    except FileExistsError:
+        pass
+    with open(claim) as fh:
+        if fh.read() == job["trial_id"]:
+            raise torch.OutOfMemoryError(f"test fault RAYGAP_TEST_OOM in trial {job['trial_id']}: out of memory")
+
+
 def _fault_switch(job: dict, rank: int, world: int, epoch: int, batch: int):
     """Test-only: RAYGAP_TEST_KILL=<epoch>:<batch> kills the last rank's process once, mid-epoch."""
     target = os.environ.get("RAYGAP_TEST_KILL")
@@ -175,6 +191,21 @@ def start_model(job: dict, dataset: data.Dataset) -> nn.Module:
 
 def _state_to(state, device):
     return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in state.items()}
+
+
+def train_step(objective, module: nn.Module, net: nn.Module, optimizer, x, y, bf16: bool) -> dict:
+    """One step: x' made on `module` in eval mode, then the method's loss on `net` (module, maybe
+    DDP-wrapped) in train mode, its backward and the optimiser step. Returns the loss parts."""
+    module.eval()
+    with autocast(x.device, bf16):
+        x_adv = objective.adversarial(module, x, y)
+    module.train()
+    with autocast(x.device, bf16):
+        parts = objective.loss(net, x, y, x_adv)
+    optimizer.zero_grad(set_to_none=True)
+    parts["loss"].backward()
+    optimizer.step()
+    return parts
 
 
 def train_loop(job: dict, context=None) -> dict | None:
@@ -236,6 +267,7 @@ def train_loop(job: dict, context=None) -> dict | None:
             ema.load_state_dict(state["ema"])
         history, start_epoch = state["history"], state["epoch"] + 1
 
+    _test_out_of_memory(job)
     flops_per_image = forward_flops(objective.export(module), dataset.in_shape) * objective.passes(a.steps)
     peak = _peak_flops(device, bf16) * world
     for epoch in range(start_epoch, t.epochs):
@@ -253,15 +285,7 @@ def train_loop(job: dict, context=None) -> dict | None:
             x = data.augment(x, cfg.data.crop_padding, cfg.data.flip)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            module.eval()
-            with autocast(device, bf16):
-                x_adv = objective.adversarial(module, x, y)
-            module.train()
-            with autocast(device, bf16):
-                parts = objective.loss(net, x, y, x_adv)
-            optimizer.zero_grad(set_to_none=True)
-            parts["loss"].backward()
-            optimizer.step()
+            parts = train_step(objective, module, net, optimizer, x, y, bf16)
             scheduler.step()
             if ema:
                 ema.update(module)

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raygap import storage
+from raygap.errors import UserError
 
 EPOCH_METRICS = ["lr", "loss", "clean_acc", "robust_acc", "images_per_s", "mfu", "train_seconds", "wall_seconds",
                  "gpu_seconds", "cpu_seconds", "finished_at"]  # finished_at: Unix time at the end of the epoch
@@ -118,6 +119,20 @@ def write_epochs(experiment_dir: str, experiment: str, trial_id: str, config: di
 def read_part(path: str):
     """One part file as a pandas DataFrame."""
     return pq.read_table(io.BytesIO(storage.read_bytes(path))).to_pandas()
+
+
+def check_readable(experiment_dir: str, table: str) -> None:
+    """Refuse, naming the file, a part file of `table` that Parquet cannot read (before a search adds to it)."""
+    import pyarrow as pa
+
+    folder = storage.join(experiment_dir, table)
+    for name in storage.listdir(folder):
+        if name.endswith(".parquet") and not name.startswith("."):
+            try:
+                pq.read_metadata(io.BytesIO(storage.read_bytes(storage.join(folder, name))))
+            except (pa.ArrowInvalid, OSError) as err:
+                raise UserError(f"{storage.join(folder, name)} is not a readable Parquet file ({err}); move it "
+                                "away (or restore it from a backup) and run the same command again") from None
 
 
 def read_table(experiment_dir: str, table: str):

@@ -11,6 +11,8 @@ import uuid
 
 import pyarrow.fs as pafs
 
+from raygap.errors import StorageError
+
 
 def is_uri(path: str) -> bool:
     return "://" in path
@@ -31,19 +33,26 @@ def filesystem(path: str):
 
 
 def write_bytes(path: str, data: bytes) -> None:
+    """Write a whole file atomically (a temporary file renamed over it): readers never see half of it."""
     fs, where = filesystem(path)
     parent = where.rsplit("/", 1)[0]
-    fs.create_dir(parent, recursive=True)
-    if isinstance(fs, pafs.LocalFileSystem):
-        tmp = f"{parent}/.{os.path.basename(where)}.{uuid.uuid4().hex}.tmp"
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, where)
-    else:
-        with fs.open_output_stream(where) as out:
-            out.write(data)
+    tmp = f"{parent}/.{os.path.basename(where)}.{uuid.uuid4().hex}.tmp"
+    try:
+        fs.create_dir(parent, recursive=True)
+        if isinstance(fs, pafs.LocalFileSystem):
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, where)
+        else:  # object stores write a whole object at once
+            with fs.open_output_stream(where) as out:
+                out.write(data)
+    except OSError as err:  # pyarrow's errors are OSErrors too
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise StorageError(f"cannot write {path}: {err.strerror or err}; make the storage writable (or choose "
+                           "another with storage=...) and run the same command again to resume") from None
 
 
 def read_bytes(path: str) -> bytes:

@@ -78,12 +78,18 @@ def execute(cfg, *, stage: str, start: str | None, run_dir: str, label: str, exp
         trainer.fit()
     except WorkerGroupError as err:
         # A mistake of the user's raised on a worker (bad data, divergence) stays one clear line.
-        for failure in err.worker_failures.values():
-            cause = getattr(failure, "cause", failure)
-            if isinstance(cause, UserError):
-                raise cause from None
+        cause = worker_error(err)
+        if isinstance(cause, UserError):
+            raise cause from None
         raise
     return checkpoint.load(storage.join(run_dir, "model.pt"))[1]["meta"]["history"]
+
+
+def worker_error(err):
+    """The exception a worker of a failed Ray Train run raised (the first rank's), else `err` itself."""
+    for failure in getattr(err, "worker_failures", {}).values():
+        return getattr(failure, "cause", failure)
+    return err
 
 
 def run(cfg) -> dict:

@@ -10,7 +10,9 @@ of a finished one without training anything.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import json
 import os
 import sys
@@ -22,7 +24,7 @@ from ray.tune import Callback
 
 from raygap import results, storage
 from raygap.config import as_dict, digest
-from raygap.errors import UserError
+from raygap.errors import Diverged, StorageError, UserError
 
 DEFAULT_SEARCH = "afd"
 
@@ -71,14 +73,23 @@ def run_trial(config: dict) -> None:
     cfg = trial_config(config["base"], {k: v for k, v in config.items() if k != "base"})
     experiment_dir = storage.join(cfg.storage, config["experiment"])
     start = None if METHODS[cfg.method.name].Objective.from_scratch else cfg.pretrained
-    execute(cfg, stage="train", start=start, run_dir=storage.join(experiment_dir, "runs", trial_id),
-            label=trial_id, experiment_dir=experiment_dir, trial_id=trial_id, callbacks=[TuneReportCallback()])
+    run_dir = storage.join(experiment_dir, "runs", trial_id)
+    diverged = storage.join(run_dir, "diverged.txt")
+    if storage.exists(diverged):  # a retry would diverge again: fail at once with the first reason
+        raise Diverged(storage.read_bytes(diverged).decode())
+    try:
+        execute(cfg, stage="train", start=start, run_dir=run_dir, label=trial_id, experiment_dir=experiment_dir,
+                trial_id=trial_id, callbacks=[TuneReportCallback()])
+    except Diverged as err:
+        storage.write_bytes(diverged, str(err).encode())
+        raise
 
 
 def trials_schema(cfg):
     import pyarrow as pa
 
     fields = [("experiment", pa.string()), ("trial_id", pa.string()), ("status", pa.string()), ("error", pa.string()),
+              ("retries", pa.int64()),
               ("epochs", pa.int64()), ("clean_acc", pa.float64()), ("robust_acc", pa.float64()),
               ("loss", pa.float64()), ("best_robust_acc", pa.float64()), ("best_epoch", pa.int64()),
               ("wall_seconds", pa.float64()), ("gpu_seconds", pa.float64()), ("cpu_seconds", pa.float64()),
@@ -99,6 +110,7 @@ class Recorder(Callback):
         self.epochs = cfg.train.epochs
         self.objective = cfg.tune.objectives[0]
         self.num_samples = cfg.tune.num_samples
+        self.max_failures = cfg.tune.max_failures
         self.rows: dict = {}
         self.started = time.time()
 
@@ -152,10 +164,21 @@ class Recorder(Callback):
 
     def on_trial_error(self, trial, **info):
         row = self._row(trial)
+        error = _trial_error(trial)
         self._update_metrics(row, self._history(trial.trial_id))
-        row.update({"status": "failed", "ended_at": time.time(), "error": _error_line(trial)})
+        row.update({"status": "failed", "ended_at": time.time(), "error": _error_line(error),
+                    "retries": trial.num_failures - 1})
         self._save(trial.trial_id)
         self._progress(trial.trial_id)
+        if isinstance(error, StorageError):
+            raise error  # every later trial would fail the same way: stop the search with this one line
+
+    def on_trial_recover(self, trial, **info):
+        row = self._row(trial)
+        row["retries"] = trial.num_failures
+        self._save(trial.trial_id)
+        print(f"[search] trial {trial.trial_id} raised {_error_line(_trial_error(trial))}; retry "
+              f"{trial.num_failures} of {self.max_failures}", flush=True)
 
     def on_experiment_end(self, trials, **info):
         # Rows for trials whose end this driver did not see (it was killed in between, or the table
@@ -166,6 +189,15 @@ class Recorder(Callback):
                 self.on_trial_complete(trial)
             elif trial.status == "ERROR" and status != "failed":
                 self.on_trial_error(trial)
+        # A trial started by a driver killed before Tune saved its state is unknown to the resumed search
+        known = {trial.trial_id for trial in trials}
+        for trial_id, row in self.rows.items():
+            if row.get("status") == "running" and trial_id not in known:
+                self._update_metrics(row, self._history(trial_id))
+                row.update({"status": "failed", "ended_at": time.time(),
+                            "error": "lost: the search driver was killed before Tune saved this trial, so the "
+                                     "resumed search could not continue it"})
+                self._save(trial_id)
 
     def _progress(self, trial_id: str):
         row = self.rows[trial_id]
@@ -185,23 +217,27 @@ class Recorder(Callback):
               + f" | eta {time.strftime('%H:%M:%S', time.gmtime(eta))}", flush=True)
 
 
-def _error_line(trial) -> str:
-    """The innermost message of a failed trial's error, on one line.
+def _trial_error(trial):
+    """The innermost exception of a failed trial, or None.
 
     Read from the driver's local copy of the pickled error: Tune syncs it to storage only later.
     """
     import cloudpickle
 
-    error = None
-    if trial.pickled_error_file and Path(trial.pickled_error_file).is_file():
-        with open(trial.pickled_error_file, "rb") as fh:
-            error = cloudpickle.load(fh)
-    elif trial.error_file and Path(trial.error_file).is_file():
-        return " ".join(Path(trial.error_file).read_text().split())[-2000:]
-    if error is None:
-        return "unknown error"
+    if not (trial.pickled_error_file and Path(trial.pickled_error_file).is_file()):
+        return None
+    with open(trial.pickled_error_file, "rb") as fh:
+        error = cloudpickle.load(fh)
+    from raygap.train import worker_error
+
     while (getattr(error, "cause", None) or error.__cause__) is not None:  # RayTaskError keeps it in .cause
         error = getattr(error, "cause", None) or error.__cause__
+    return worker_error(error)
+
+
+def _error_line(error) -> str:
+    if error is None:
+        return "unknown error (see the trial's error.txt under the experiment folder)"
     return f"{type(error).__name__}: {' '.join(str(error).split())}"[:2000]
 
 
@@ -261,6 +297,8 @@ def run(cfg, search: str = DEFAULT_SEARCH) -> dict:
     total, per_worker = resources(cfg.train)
     trial_total = {k: total.get(k, 0) + cfg.tune.trial_resources.get(k, 0) for k in set(total) | set(cfg.tune.trial_resources)}
     session.check_resources(trial_total, per_worker)
+    for table in ("trials", "epochs"):
+        results.check_readable(experiment_dir, table)
     session.connect()
 
     import ray.tune
@@ -284,9 +322,19 @@ def run(cfg, search: str = DEFAULT_SEARCH) -> dict:
                       run_config=RunConfig(name=experiment, storage_path=cfg.storage, verbose=0,
                                            callbacks=[Recorder(cfg, experiment)],
                                            failure_config=FailureConfig(max_failures=cfg.tune.max_failures)))
-    tuner.fit()
+    try:
+        grid = tuner.fit()
+    except Exception as err:  # Tune wraps what a callback raised: find the storage error, if that was it
+        cause = err
+        while cause is not None and not isinstance(cause, StorageError):
+            cause = cause.__cause__ or cause.__context__
+        raise (cause or err) from None
+    if grid.num_terminated + grid.num_errors < max(len(grid), cfg.tune.num_samples):
+        # Tune catches the first Ctrl-C itself, saves its state and returns early
+        raise KeyboardInterrupt
     _close_orphans(cfg, experiment, experiment_dir)
     finalists(cfg, experiment_dir)
+    ray.shutdown()  # flushes the workers' last log lines now, before the summary and the last line
     return summary(cfg, experiment_dir)
 
 
@@ -307,8 +355,6 @@ def finalists(cfg, experiment_dir: str) -> None:
     """Evaluate the best `final_eval.top_k` completed trials on the test split (once)."""
     import ray
 
-    from raygap import evaluate
-
     frame = results.read_table(experiment_dir, "trials")
     if frame.empty or not cfg.final_eval.top_k:
         return
@@ -323,11 +369,21 @@ def finalists(cfg, experiment_dir: str) -> None:
         overrides = {"checkpoint": row["model_path"], "eval": {**as_dict(cfg.eval), "attacks": list(cfg.final_eval.attacks),
                      "n": cfg.final_eval.n, "out": storage.join(experiment_dir, "runs", row["trial_id"], "final_eval.json")}}
         trial_cfg = OmegaConf.merge(OmegaConf.create(json.loads(row["config"])), overrides)
-        gpus = cfg.train.gpus_per_worker
-        task = ray.remote(num_cpus=cfg.train.cpus_per_worker, num_gpus=gpus)(evaluate.run)
-        result = ray.get(task.remote(trial_cfg))
+        task = ray.remote(num_cpus=cfg.train.cpus_per_worker, num_gpus=cfg.train.gpus_per_worker)(_evaluate)
+        result, table = ray.get(task.remote(trial_cfg))
+        print(table, end="", flush=True)
         row.update({c: result[c[len("test_"):]] for c in columns}, finalist=True)
         results.write(storage.join(experiment_dir, "trials", f"{row['trial_id']}.parquet"), [row], trials_schema(cfg))
+
+
+def _evaluate(cfg):
+    """evaluate.run with its table returned rather than printed: Ray forwards a task's output late, and
+    out of order with the driver's."""
+    from raygap import evaluate
+
+    with contextlib.redirect_stdout(io.StringIO()) as table:
+        result = evaluate.run(cfg)
+    return result, table.getvalue()
 
 
 def summary(cfg, experiment_dir: str) -> dict:

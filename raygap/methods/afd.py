@@ -83,6 +83,7 @@ class AFDModule(nn.Module):
 
 class Objective(Base):
     parts = ("ce_adv", "align", "confused", "separation")
+    teacher_forwards = 1  # the frozen natural model's features of x
 
     def __init__(self, model: Classifier, params: Params, attack):
         super().__init__(model, params, attack)
@@ -92,8 +93,6 @@ class Objective(Base):
         # outside `module` so that it is neither trained, averaged nor synchronised.
         self.teacher = copy.deepcopy(model).eval().requires_grad_(False)
 
-    def passes(self, attack_steps):
-        return 2 * attack_steps + 4  # + the frozen teacher's forward on x
 
     def loss(self, net, x, y, x_adv):
         p = self.params

@@ -23,10 +23,19 @@ class Objective:
         self.params = params
         self.attack = attack
 
+    # The passes of the classifier a step cannot avoid, per training image (benchmarks/step.py times
+    # each alone): the attack's k steps of forward + input gradient, its extra forwards on x, the
+    # loss's forward + full backward pairs, and forwards of a frozen teacher.
+    attacked = True
+    attack_clean_forwards = 0
+    training_passes = 1
+    teacher_forwards = 0
+
     def passes(self, attack_steps: int) -> int:
-        """Forward-pass equivalents per training image: k attack steps of forward + input gradient
-        (2 each), then a forward and a full backward (3). Used for model FLOP utilisation."""
-        return 2 * attack_steps + 3
+        """Forward-pass equivalents per training image, for model FLOP utilisation: a forward is 1,
+        an input-gradient backward 1, a full backward 2."""
+        return (2 * attack_steps * self.attacked + self.attack_clean_forwards + 3 * self.training_passes
+                + self.teacher_forwards)
 
     def adversarial(self, module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
         """x' for this batch, made on `module` in eval mode; None when the method trains on x alone."""

@@ -73,13 +73,11 @@ class DRRDNModule(nn.Module):
 
 class Objective(Base):
     parts = ("ce", "align", "disc", "recon")
+    training_passes = 2  # natural and adversarial
 
     def __init__(self, model: Classifier, params: Params, attack):
         super().__init__(model, params, attack)
         self.module = DRRDNModule(model, params.disentangler_size)
-
-    def passes(self, attack_steps):
-        return 2 * attack_steps + 6  # two forward/backward pairs (natural and adversarial)
 
     def loss(self, net, x, y, x_adv):
         p = self.params

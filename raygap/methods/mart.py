@@ -32,9 +32,7 @@ def terms(logits_nat, logits_adv, y):
 
 class Objective(Base):
     parts = ("bce", "kl")
-
-    def passes(self, attack_steps):
-        return 2 * attack_steps + 6  # two forward/backward pairs (natural and adversarial)
+    training_passes = 2  # natural and adversarial
 
     def loss(self, net, x, y, x_adv):
         boosted_ce, weighted_kl, _ = terms(net(x), net(x_adv), y)

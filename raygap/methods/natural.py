@@ -16,9 +16,7 @@ class Params:
 class Objective(Base):
     parts = ("ce",)
     from_scratch = True
-
-    def passes(self, attack_steps):
-        return 3
+    attacked = False
 
     def adversarial(self, module, x, y):
         return None
