@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 import io
 
-from raygap import analysis, results, storage
+from raygap import analysis, storage
 from raygap.errors import UserError
 
 

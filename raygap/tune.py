@@ -77,12 +77,17 @@ def run_trial(config: dict) -> None:
     diverged = storage.join(run_dir, "diverged.txt")
     if storage.exists(diverged):  # a retry would diverge again: fail at once with the first reason
         raise Diverged(storage.read_bytes(diverged).decode())
+    started = time.time()
     try:
-        execute(cfg, stage="train", start=start, run_dir=run_dir, label=trial_id, experiment_dir=experiment_dir,
-                trial_id=trial_id, callbacks=[TuneReportCallback()])
+        history = execute(cfg, stage="train", start=start, run_dir=run_dir, label=trial_id,
+                          experiment_dir=experiment_dir, trial_id=trial_id, callbacks=[TuneReportCallback()])
     except Diverged as err:
         storage.write_bytes(diverged, str(err).encode())
         raise
+    if not any(row["finished_at"] >= started for row in history):
+        # The run had ended before a stopped driver saved the trial's end, so Tune ran it again and no
+        # epoch was reported this time: report the last one, which Tune and the searcher expect.
+        ray.tune.report({k: v for k, v in history[-1].items() if k != "node"})
 
 
 def trials_schema(cfg):

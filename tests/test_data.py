@@ -1,6 +1,5 @@
 """Each loader reads a small fixture written in the data set's real on-disk format."""
 
-import gzip
 import pickle
 import struct
 

@@ -31,7 +31,7 @@ def _wait_for(predicate, proc, what, timeout=600):
 
 
 def test_ctrl_c_stops_cleanly_says_how_to_resume_and_the_same_command_finishes(tmp_path, natural_digits):
-    args = ["name=interrupted", "tune.num_samples=2", "tune.max_concurrent=1", "tune.scheduler.name=fifo"]
+    args = ["name=interrupted", "tune.num_samples=2", "tune.max_concurrent=1", *ONE_EPOCH]
     first = tune_cli(tmp_path, natural_digits[1], *args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                      start_new_session=True)
     epochs = lambda: results.read_table(tmp_path / "interrupted", "epochs")  # noqa: E731
@@ -46,7 +46,7 @@ def test_ctrl_c_stops_cleanly_says_how_to_resume_and_the_same_command_finishes(t
     second = tune_cli(tmp_path, natural_digits[1], *args)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resuming" in second.stdout
-    trials, _ = check_tables(tmp_path / "interrupted")
+    trials, _ = check_tables(tmp_path / "interrupted", train_epochs=1)
     assert len(trials) == 2 and set(trials.status) == {"completed"}
 
 
