@@ -103,8 +103,8 @@ def _colors(values: pd.Series) -> dict:
 
 
 def plot_pareto(trials: pd.DataFrame, ax=None):
-    """Clean vs robust validation accuracy of every trial; the front joined and ringed, finalists'
-    test accuracy under the strongest attack drawn as a star below their validation point."""
+    """Clean vs robust validation accuracy of every trial; the front joined and ringed; finalists
+    starred, with their test accuracy under the strongest final attack written beside them."""
     ax = _axes(ax)
     key = color_key(trials)
     scored = trials.dropna(subset=["clean_acc", "robust_acc"])
