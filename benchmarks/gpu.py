@@ -20,7 +20,7 @@ import torch
 import torch.multiprocessing as mp
 
 from raygap.attacks import make_attack
-from raygap.loop import _peak_flops, train_step
+from raygap.loop import peak_flops, train_step
 from raygap.methods import METHODS
 from raygap.models import build_model, forward_flops
 
@@ -96,7 +96,7 @@ def main():
     for model in args.models.split(","):
         for setting, flags in SETTINGS.items():
             rate, flops = images_per_second(model, shape, args.batch, args.steps, args.device, **flags)
-            peak = _peak_flops(device, flags["bf16"])
+            peak = peak_flops(device, flags["bf16"])
             mfu = f"{rate * flops / peak:.1%}" if peak else "-"
             print(f"| {model} | {setting} | {rate:,.0f} | {mfu} | {50_000 / rate:.1f} |", flush=True)
 

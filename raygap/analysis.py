@@ -223,9 +223,8 @@ def plot_cost(trials: pd.DataFrame, ax=None):
     return ax.figure
 
 
-def figures(experiment_dir: str) -> dict:
-    """Every figure of the analysis, by name."""
-    trials, epochs = load(experiment_dir)
+def figures(experiment_dir: str, trials: pd.DataFrame, epochs: pd.DataFrame) -> dict:
+    """Every figure of the analysis of the experiment's tables (as `load` returns them), by name."""
     return {"pareto": plot_pareto(trials), "learning_curves": plot_learning_curves(trials, epochs),
             "hyperparameters": plot_hyperparameters(trials), "importances": plot_importances(importances(experiment_dir)),
             "cost": plot_cost(trials)}

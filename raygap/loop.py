@@ -216,6 +216,11 @@ def train_loop(job: dict, context=None) -> dict | None:
     the epochs table gets this run's rows, "label": the name shown in progress lines}.
     Returns the per-epoch metrics (a list of rows) on rank 0, None on the other ranks.
     """
+    # A run that diverged once diverges again: its restarts (Ray Train's, Tune's, a re-run of the same
+    # command) end at once with the first reason instead of training up to the same NaN.
+    diverged = storage.join(job["run_dir"], "diverged.txt")
+    if storage.exists(diverged):
+        raise Diverged(storage.read_bytes(diverged).decode())
     cfg = from_dict(job["cfg"])
     t = cfg[job["stage"]]
     context = context or LocalContext(job["run_dir"])
@@ -269,7 +274,7 @@ def train_loop(job: dict, context=None) -> dict | None:
 
     _test_out_of_memory(job)
     flops_per_image = forward_flops(objective.export(module), dataset.in_shape) * objective.passes(a.steps)
-    peak = _peak_flops(device, bf16) * world
+    peak = peak_flops(device, bf16) * world
     for epoch in range(start_epoch, t.epochs):
         started = time.perf_counter()
         # Seeds per (seed, epoch, rank): a run resumed from epoch k's checkpoint replays epoch k+1 exactly.
@@ -294,8 +299,11 @@ def train_loop(job: dict, context=None) -> dict | None:
         train_seconds = time.perf_counter() - started
         losses = _mean_over_workers(sums, len(shard), world)
         if not math.isfinite(losses.get("loss", 0.0)):
-            raise Diverged(f"training diverged: the loss is {losses['loss']} in epoch {epoch + 1}; "
-                           f"lower {job['stage']}.lr (now {t.lr})")
+            reason = (f"training diverged: the loss is {losses['loss']} in epoch {epoch + 1}; "
+                      f"lower {job['stage']}.lr (now {t.lr})")
+            if rank == 0:
+                storage.write_bytes(diverged, reason.encode())
+            raise Diverged(reason)
 
         evaluated = ema.module if ema else module
         evaluated.eval()
@@ -316,8 +324,7 @@ def train_loop(job: dict, context=None) -> dict | None:
         if rank == 0:
             _print_progress(job["label"], row, history, t.epochs)
             # before the report: if this process dies after writing, the epoch re-runs and replaces its row
-            results.write_epochs(job["experiment_dir"], job["experiment_dir"].rsplit("/", 1)[-1], job["trial_id"],
-                                 job["cfg"], history)
+            results.write_epochs(job["experiment_dir"], job["trial_id"], job["cfg"], history)
         state = {"epoch": epoch, "module": module.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema else None, "history": history}
         context.report(row, state if rank == 0 else None)
@@ -353,7 +360,7 @@ def _mean_over_workers(sums: dict, count: int, world: int) -> dict:
     return {f"loss_{k}" if k != "loss" else "loss": v for k, v in zip(keys, (totals / (count * world)).tolist())}
 
 
-def _peak_flops(device: torch.device, bf16: bool) -> float:
+def peak_flops(device: torch.device, bf16: bool) -> float:
     if device.type != "cuda":
         return 0.0
     name = torch.cuda.get_device_name(device)

@@ -20,19 +20,14 @@ def run(cfg) -> str:
     matplotlib.use("Agg")  # files only: no display needed
     import matplotlib.pyplot as plt
 
-    if cfg.name:
-        experiment_dir = storage.join(cfg.storage, cfg.name)
-        if not storage.listdir(storage.join(experiment_dir, "trials")):
-            raise UserError(f"no trials table in {experiment_dir}: check name= and storage=")
-    else:
-        try:
-            experiment_dir = analysis.latest_experiment(cfg.storage)
-        except FileNotFoundError as err:
-            raise UserError(str(err)) from None
-    trials, _ = analysis.load(experiment_dir)
+    try:
+        experiment_dir = storage.join(cfg.storage, cfg.name) if cfg.name else analysis.latest_experiment(cfg.storage)
+        trials, epochs = analysis.load(experiment_dir)
+    except FileNotFoundError as err:
+        raise UserError(f"{err} (check name= and storage=)") from None
     out = storage.join(experiment_dir, "report")
     images = []
-    for name, figure in analysis.figures(experiment_dir).items():
+    for name, figure in analysis.figures(experiment_dir, trials, epochs).items():
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", dpi=110)
         plt.close(figure)

@@ -107,8 +107,9 @@ def write(path: str, rows: list, schema: pa.Schema) -> None:
     storage.write_bytes(path, buffer.getvalue())
 
 
-def write_epochs(experiment_dir: str, experiment: str, trial_id: str, config: dict, history: list) -> str:
+def write_epochs(experiment_dir: str, trial_id: str, config: dict, history: list) -> str:
     """(Re)write trial `trial_id`'s part of the epochs table with all its epochs so far."""
+    experiment = experiment_dir.rstrip("/").rsplit("/", 1)[-1]
     settings = flatten(config)
     rows = [{"experiment": experiment, "trial_id": trial_id, **settings, **row} for row in history]
     path = storage.join(experiment_dir, "epochs", f"{trial_id}.parquet")

@@ -24,7 +24,7 @@ from ray.tune import Callback
 
 from raygap import results, storage
 from raygap.config import as_dict, digest
-from raygap.errors import Diverged, StorageError, UserError
+from raygap.errors import StorageError, UserError
 
 DEFAULT_SEARCH = "afd"
 
@@ -73,17 +73,10 @@ def run_trial(config: dict) -> None:
     cfg = trial_config(config["base"], {k: v for k, v in config.items() if k != "base"})
     experiment_dir = storage.join(cfg.storage, config["experiment"])
     start = None if METHODS[cfg.method.name].Objective.from_scratch else cfg.pretrained
-    run_dir = storage.join(experiment_dir, "runs", trial_id)
-    diverged = storage.join(run_dir, "diverged.txt")
-    if storage.exists(diverged):  # a retry would diverge again: fail at once with the first reason
-        raise Diverged(storage.read_bytes(diverged).decode())
     started = time.time()
-    try:
-        history = execute(cfg, stage="train", start=start, run_dir=run_dir, label=trial_id,
-                          experiment_dir=experiment_dir, trial_id=trial_id, callbacks=[TuneReportCallback()])
-    except Diverged as err:
-        storage.write_bytes(diverged, str(err).encode())
-        raise
+    history = execute(cfg, stage="train", start=start, run_dir=storage.join(experiment_dir, "runs", trial_id),
+                      label=trial_id, experiment_dir=experiment_dir, trial_id=trial_id,
+                      callbacks=[TuneReportCallback()])
     if not any(row["finished_at"] >= started for row in history):
         # The run had ended before a stopped driver saved the trial's end, so Tune ran it again and no
         # epoch was reported this time: report the last one, which Tune and the searcher expect.
@@ -109,13 +102,13 @@ class Recorder(Callback):
     one line of progress per finished trial."""
 
     def __init__(self, cfg, experiment: str):
-        self.cfg_plain = as_dict(cfg)
         self.experiment = experiment
         self.experiment_dir = storage.join(cfg.storage, experiment)
         self.epochs = cfg.train.epochs
         self.objective = cfg.tune.objectives[0]
         self.num_samples = cfg.tune.num_samples
         self.max_failures = cfg.tune.max_failures
+        self.schema = trials_schema(cfg)
         self.rows: dict = {}
         self.started = time.time()
 
@@ -133,10 +126,8 @@ class Recorder(Callback):
         return row
 
     def _save(self, trial_id: str):
-        from raygap import tune as this
-
-        path = storage.join(self.experiment_dir, "trials", f"{trial_id}.parquet")
-        results.write(path, [self.rows[trial_id]], this.trials_schema(OmegaConf.create(self.cfg_plain)))
+        results.write(storage.join(self.experiment_dir, "trials", f"{trial_id}.parquet"), [self.rows[trial_id]],
+                      self.schema)
 
     def _update_metrics(self, row: dict, history: list):
         if not history:
@@ -407,7 +398,7 @@ def summary(cfg, experiment_dir: str) -> dict:
         print("\nleaderboard (validation accuracy at the last epoch; test_* on the test split):")
         print(board.head(10).to_string(index=False))
         print("\nPareto front of clean vs robust validation accuracy:")
-        print(front[board.columns[:-2]].to_string(index=False))
+        print(front[board.columns].to_string(index=False))
     counts = frame.status.value_counts().to_dict()
     print(f"\ntrials: {len(frame)} ({', '.join(f'{n} {s}' for s, n in counts.items())}); "
           f"cost {frame.cpu_seconds.sum():.0f} CPU-seconds, {frame.gpu_seconds.sum():.0f} GPU-seconds")

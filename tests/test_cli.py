@@ -64,3 +64,15 @@ def test_evaluate_writes_the_json_with_every_attack(tmp_path, natural_digits):
         assert 0 <= result[key] <= 1
     assert result["threat_model"] == "Linf" and result["n_examples"] == 100 and result["architecture"] == "smallcnn"
     assert result["autoattack_acc"] <= result["pgd20_acc"] <= result["fgsm_acc"] < result["clean_acc"]
+
+
+def test_a_diverging_run_is_one_line_and_its_rerun_ends_at_once_with_the_same_reason(tmp_path, natural_digits):
+    args = ["train", f"storage={tmp_path}", "name=nan", "method=vaft", "train.lr=10000", "train.epochs=3",
+            f"pretrained={natural_digits[1]}"]
+    first = run_cli(*args)
+    assert first.returncode == 2 and first.stderr.startswith("raygap: error: training diverged"), first.stderr
+    assert "lower train.lr (now 10000.0)" in first.stderr and "] epoch " not in first.stdout
+    again = run_cli(*args)
+    assert again.returncode == 2 and again.stderr == first.stderr
+    assert "training vaft" in again.stdout and "] epoch " not in again.stdout  # it started and did not train
+    assert not (tmp_path / "nan" / "model.pt").exists()

@@ -21,9 +21,9 @@ def test_epochs_of_different_methods_form_one_table(tmp_path, uri):
     where = f"file://{tmp_path}/exp" if uri else str(tmp_path / "exp")
     afd = config.as_dict(load("method=afd", storage=tmp_path))
     trades = config.as_dict(load("method=trades", "method.beta=2", storage=tmp_path))
-    results.write_epochs(where, "exp", "t1", afd, history(2, ["ce_adv", "align", "confused", "separation"]))
-    results.write_epochs(where, "exp", "t2", trades, history(3, ["ce", "kl"]))
-    results.write_epochs(where, "exp", "t1", afd, history(3, ["ce_adv", "align", "confused", "separation"]))
+    results.write_epochs(where, "t1", afd, history(2, ["ce_adv", "align", "confused", "separation"]))
+    results.write_epochs(where, "t2", trades, history(3, ["ce", "kl"]))
+    results.write_epochs(where, "t1", afd, history(3, ["ce_adv", "align", "confused", "separation"]))
     (tmp_path / "exp" / "epochs" / ".t3.parquet.0123.tmp").write_bytes(b"half a file")  # a write in flight
 
     table = results.read_table(where, "epochs")

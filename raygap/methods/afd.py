@@ -93,7 +93,6 @@ class Objective(Base):
         # outside `module` so that it is neither trained, averaged nor synchronised.
         self.teacher = copy.deepcopy(model).eval().requires_grad_(False)
 
-
     def loss(self, net, x, y, x_adv):
         p = self.params
         out = net(x_adv, parts=True)
