@@ -1,11 +1,17 @@
-"""Ray Train's overhead: the same fine-tuning run in this process, on 1 Ray Train worker, on 2 workers.
+"""Ray's overhead: one fine-tuning run, and each trial of a search.
 
-    python benchmarks/ray_overhead.py [--epochs 5] [--repeats 2] [overrides ...]
+    python benchmarks/ray_overhead.py [--epochs 5] [--repeats 2] [--trials 4] [overrides ...]
 
-Each mode trains vAFT from the same cached natural model with the same global batch, side by side in
-one process (a fresh local Ray cluster is started for the Ray modes and timed with them). Prints wall
-time, its ratio to the in-process run, the mean epoch time and images per second. In-process and the
-1-worker run use every core (the worker asks for all CPUs); the 2-worker run gives each worker half.
+First table: the same vAFT run in this process, on 1 Ray Train worker and on 2, side by side in one
+process (a fresh local Ray cluster is started for the Ray modes and timed with them): wall time, its
+ratio to the in-process run, the mean epoch time and images per second. In-process and the 1-worker
+run use every core (the worker asks for all CPUs); the 2-worker run gives each worker half.
+
+Second table: a search of `--trials` AFD trials of `--epochs` epochs, one trial at a time on every
+core, whose trials train in the Tune trial's own process (train.workers=0) or as 1-worker Ray Train
+runs. A trial's overhead is its time from start to end in the trials table minus its epochs' time:
+starting its processes, loading data and model, checkpoints, the export. The last column is that
+overhead as a share of a trial whose epochs take one minute.
 """
 
 from __future__ import annotations
@@ -18,13 +24,14 @@ import time
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-from raygap import config, pretrain, train  # noqa: E402
+from raygap import config, pretrain, results, train, tune  # noqa: E402
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--storage", default=tempfile.mkdtemp(prefix="raygap-overhead-"))
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
@@ -49,6 +56,20 @@ def main():
             rows[mode].append((wall, statistics.mean(r["wall_seconds"] for r in history),
                                statistics.mean(r["images_per_s"] for r in history)))
 
+    searches = []
+    for label, workers in [("in the Tune trial's process (workers=0)", 0), ("as a 1-worker Ray Train run", 1)]:
+        cfg = config.load([f"storage={args.storage}", f"name=search-w{workers}", f"pretrained={natural}",
+                           f"train.workers={workers}", f"train.cpus_per_worker={cores}", "tune.trial_resources={CPU:0}",
+                           "tune.max_concurrent=1", "tune.algorithm=random", "tune.scheduler.name=fifo",
+                           f"tune.num_samples={args.trials}", f"train.epochs={args.epochs}", "final_eval.top_k=0",
+                           *args.overrides], tune.DEFAULT_SEARCH)
+        started = time.perf_counter()
+        tune.run(cfg)
+        wall = time.perf_counter() - started
+        trials = results.read_table(f"{args.storage}/search-w{workers}", "trials")
+        trial, epochs = (trials.ended_at - trials.started_at).mean(), trials.wall_seconds.mean()
+        searches.append((label, wall, trial, epochs, trial - epochs))
+
     reference = statistics.mean(w for w, _, _ in rows["in-process"])
     print(f"\n{args.epochs} epochs of vAFT on {cfg.data.name} / {cfg.model.name}, {cores} cores, "
           f"mean of {args.repeats} runs\n")
@@ -58,6 +79,13 @@ def main():
         wall = statistics.mean(v[0] for v in values)
         print(f"| {mode} | {wall:.1f} | {wall / reference:.2f} | {statistics.mean(v[1] for v in values):.2f} | "
               f"{statistics.mean(v[2] for v in values):.0f} |")
+
+    print(f"\nA search of {args.trials} AFD trials of {args.epochs} epochs, one at a time on {cores} cores\n")
+    print("| each trial trains | search wall s | trial s | of which epochs s | overhead s per trial | "
+          "overhead in a one-minute trial |")
+    print("|---|---|---|---|---|---|")
+    for label, wall, trial, epochs, overhead in searches:
+        print(f"| {label} | {wall:.1f} | {trial:.1f} | {epochs:.1f} | {overhead:.1f} | {overhead / (60 + overhead):.0%} |")
 
 
 if __name__ == "__main__":

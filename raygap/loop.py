@@ -99,6 +99,28 @@ class LocalContext:
         storage.write_bytes(self.path, buffer.getvalue())
 
 
+class TuneTrialContext(LocalContext):
+    """A Tune trial that trains in its own process (train.workers=0). Its checkpoint is `state.pt` in the
+    run folder, as for a run in this process: unlike the checkpoint in Tune's last saved experiment
+    state, it is always the newest, so a resumed search never trains a finished epoch again. Each
+    epoch's metrics go to Tune."""
+
+    def __init__(self, run_dir: str, cpus: float, gpus: float):
+        import ray
+
+        super().__init__(run_dir)
+        if not gpus:
+            self.device = torch.device("cpu")
+        self.cpus, self.gpus = cpus, gpus
+        self.node = ray.get_runtime_context().get_node_id()
+
+    def report(self, metrics: dict, state: dict):
+        import ray.tune
+
+        super().report(metrics, state)
+        ray.tune.report(metrics)
+
+
 class RayContext:
     """A worker of a Ray Train run: rank and device from Ray, checkpoints through `ray.train.report`."""
 
@@ -325,18 +347,17 @@ def train_loop(job: dict, context=None) -> dict | None:
             _print_progress(job["label"], row, history, t.epochs)
             # before the report: if this process dies after writing, the epoch re-runs and replaces its row
             results.write_epochs(job["experiment_dir"], job["trial_id"], job["cfg"], history)
+            if epoch + 1 == t.epochs:
+                # before the last report too: Tune may stop a trial as soon as its last epoch is reported
+                final = copy.deepcopy(objective.export(evaluated)).float().cpu().eval()  # the state is saved next
+                final = final.to(memory_format=torch.contiguous_format)
+                meta = {"method": method_name, "stage": job["stage"], "epochs": t.epochs, "history": history}
+                ckpt.save(storage.join(job["run_dir"], "model.pt"), final,
+                          ckpt.arch_of(final, cfg.model.name, dataset.in_shape), job["cfg"], meta)
         state = {"epoch": epoch, "module": module.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema else None, "history": history}
         context.report(row, state if rank == 0 else None)
-
-    if rank != 0:
-        return None
-    final = objective.export(ema.module if ema else module).float().cpu().eval()
-    final = final.to(memory_format=torch.contiguous_format)
-    arch = ckpt.arch_of(final, cfg.model.name, dataset.in_shape)
-    meta = {"method": method_name, "stage": job["stage"], "epochs": t.epochs, "history": history}
-    ckpt.save(storage.join(job["run_dir"], "model.pt"), final, arch, job["cfg"], meta)
-    return history
+    return history if rank == 0 else None
 
 
 def _print_progress(label: str, row: dict, history: list, epochs: int):

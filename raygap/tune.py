@@ -1,8 +1,9 @@
 """The search: `python -m raygap.tune [search=<name>] [overrides]`.
 
 Ray Tune runs trials suggested by Optuna (seeded TPE; NSGA-II for several objectives), stops poor ones
-early with ASHA on the per-epoch robust validation accuracy, and runs each trial as a Ray Train run
-that starts from the cached natural model. Every epoch and every trial goes to Parquet as results
+early with ASHA on the per-epoch robust validation accuracy, and runs each trial from the cached
+natural model, as a Ray Train run of train.workers workers or, with train.workers=0, in the trial's own
+process. Every epoch and every trial goes to Parquet as results
 arrive, the Optuna study to SQLite, and the best trials are evaluated with strong attacks on the test
 split at the end. Running the same command again resumes an interrupted search, or prints the summary
 of a finished one without training anything.
@@ -14,6 +15,7 @@ import contextlib
 import functools
 import io
 import json
+import logging
 import os
 import sys
 import time
@@ -62,10 +64,12 @@ def trial_config(base: dict, params: dict):
 
 
 def run_trial(config: dict) -> None:
-    """The Tune function trainable: one Ray Train run; its epochs reach Tune via TuneReportCallback."""
+    """The Tune function trainable. With train.workers >= 1 the trial is a Ray Train run whose epochs reach
+    Tune via TuneReportCallback; with train.workers = 0 the trial's own process trains and reports."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from raygap.loop import TuneTrialContext, train_loop
     from raygap.methods import METHODS
     from raygap.train import execute
 
@@ -73,14 +77,30 @@ def run_trial(config: dict) -> None:
     cfg = trial_config(config["base"], {k: v for k, v in config.items() if k != "base"})
     experiment_dir = storage.join(cfg.storage, config["experiment"])
     start = None if METHODS[cfg.method.name].Objective.from_scratch else cfg.pretrained
+    run_dir = storage.join(experiment_dir, "runs", trial_id)
     started = time.time()
-    history = execute(cfg, stage="train", start=start, run_dir=storage.join(experiment_dir, "runs", trial_id),
-                      label=trial_id, experiment_dir=experiment_dir, trial_id=trial_id,
-                      callbacks=[TuneReportCallback()])
+    if cfg.train.workers == 0:
+        # No Train controller and worker processes to start: on small data that start is a large part of a trial.
+        logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # a line per checkpoint
+        job = {"cfg": as_dict(cfg), "stage": "train", "start": start, "run_dir": run_dir, "label": trial_id,
+               "experiment_dir": experiment_dir, "trial_id": trial_id}
+        history = train_loop(job, TuneTrialContext(run_dir, cfg.train.cpus_per_worker, cfg.train.gpus_per_worker))
+    else:
+        history = execute(cfg, stage="train", start=start, run_dir=run_dir, label=trial_id,
+                          experiment_dir=experiment_dir, trial_id=trial_id, callbacks=[TuneReportCallback()])
     if not any(row["finished_at"] >= started for row in history):
         # The run had ended before a stopped driver saved the trial's end, so Tune ran it again and no
         # epoch was reported this time: report the last one, which Tune and the searcher expect.
         ray.tune.report({k: v for k, v in history[-1].items() if k != "node"})
+
+
+def trial_resources(cfg) -> dict:
+    """What one trial's own process asks Ray for: its driver's share, plus one worker's when it trains itself."""
+    own = dict(cfg.tune.trial_resources)
+    if cfg.train.workers == 0:
+        for key, amount in {"CPU": cfg.train.cpus_per_worker, "GPU": cfg.train.gpus_per_worker}.items():
+            own[key] = own.get(key, 0) + amount
+    return own
 
 
 def trials_schema(cfg):
@@ -113,6 +133,7 @@ class Recorder(Callback):
         self.started = time.time()
 
     def setup(self, **info):
+        self.live_now, self.ended_now = set(), set()  # trials live (pending, running) and ended in this session
         previous = results.read_table(self.experiment_dir, "trials")
         for row in previous.to_dict("records"):
             self.rows[row["trial_id"]] = row
@@ -144,12 +165,16 @@ class Recorder(Callback):
         path = storage.join(self.experiment_dir, "epochs", f"{trial_id}.parquet")
         return results.read_part(path).to_dict("records") if storage.exists(path) else []
 
+    def on_step_end(self, iteration, trials, **info):
+        self.live_now.update(t.trial_id for t in trials if t.status in ("PENDING", "RUNNING", "PAUSED"))
+
     def on_trial_start(self, trial, **info):
         row = self._row(trial)
         row["status"] = "running"
         self._save(trial.trial_id)
 
     def on_trial_complete(self, trial, **info):
+        self.ended_now.add(trial.trial_id)
         row = self._row(trial)
         self._update_metrics(row, self._history(trial.trial_id))
         done = (row.get("epochs") or 0) >= self.epochs
@@ -159,6 +184,7 @@ class Recorder(Callback):
         self._progress(trial.trial_id)
 
     def on_trial_error(self, trial, **info):
+        self.ended_now.add(trial.trial_id)
         row = self._row(trial)
         error = _trial_error(trial)
         self._update_metrics(row, self._history(trial.trial_id))
@@ -177,9 +203,14 @@ class Recorder(Callback):
               f"{trial.num_failures} of {self.max_failures}", flush=True)
 
     def on_experiment_end(self, trials, **info):
+        # When Tune stops a search early (its Ctrl-C handler), it has saved the running trials as running,
+        # then ends them without on_trial_complete: their rows stay `running` until the command runs again.
+        cut = {t.trial_id for t in trials if t.status == "TERMINATED"} & (self.live_now - self.ended_now)
         # Rows for trials whose end this driver did not see (it was killed in between, or the table
         # was lost), so that the table always holds one final row per finished trial.
         for trial in trials:
+            if trial.trial_id in cut:
+                continue
             status = self.rows.get(trial.trial_id, {}).get("status")
             if trial.status == "TERMINATED" and status not in ("completed", "stopped_early"):
                 self.on_trial_complete(trial)
@@ -194,6 +225,8 @@ class Recorder(Callback):
                             "error": "lost: the search driver was killed before Tune saved this trial, so the "
                                      "resumed search could not continue it"})
                 self._save(trial_id)
+        if cut:
+            raise KeyboardInterrupt  # for run(): Tune itself returns from a stopped search as from a finished one
 
     def _progress(self, trial_id: str):
         row = self.rows[trial_id]
@@ -286,13 +319,14 @@ def run(cfg, search: str = DEFAULT_SEARCH) -> dict:
 
     if not cfg.tune.space:
         raise UserError(f"search space '{search}' has no tune.space; choose a search space with search=<name>")
-    if cfg.train.workers < 1:
-        raise UserError("each trial is a Ray Train run: set train.workers >= 1")
     experiment = experiment_name(cfg, search)
     experiment_dir = storage.join(cfg.storage, experiment)
-    total, per_worker = resources(cfg.train)
-    trial_total = {k: total.get(k, 0) + cfg.tune.trial_resources.get(k, 0) for k in set(total) | set(cfg.tune.trial_resources)}
-    session.check_resources(trial_total, per_worker)
+    own = trial_resources(cfg)
+    if cfg.train.workers == 0:
+        session.check_resources(own, own)  # one process, so all of it on one node
+    else:
+        total, per_worker = resources(cfg.train)
+        session.check_resources({k: own.get(k, 0) + total.get(k, 0) for k in own.keys() | total.keys()}, per_worker)
     for table in ("trials", "epochs"):
         results.check_readable(experiment_dir, table)
     session.connect()
@@ -304,7 +338,7 @@ def run(cfg, search: str = DEFAULT_SEARCH) -> dict:
           f"{cfg.model.name}, {cfg.train.epochs} epochs each, in {experiment_dir}", flush=True)
     if not cfg.pretrained:
         cfg.pretrained = pretrain.run(cfg)["checkpoint"]
-    trainable = ray.tune.with_resources(run_trial, dict(cfg.tune.trial_resources))
+    trainable = ray.tune.with_resources(run_trial, trial_resources(cfg))
     if Tuner.can_restore(experiment_dir):
         print(f"resuming the search in {experiment_dir}", flush=True)
         tuner = Tuner.restore(experiment_dir, trainable=trainable, resume_errored=False)
