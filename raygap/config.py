@@ -326,6 +326,8 @@ def _validate_tune(cfg: DictConfig) -> None:
     _require(t.num_samples >= 1 and t.max_concurrent >= 1, "tune.num_samples", "and tune.max_concurrent must be >= 1")
     _require(t.max_failures >= 0, "tune.max_failures", "must be >= 0")
     _require(all(v >= 0 for v in t.trial_resources.values()), "tune.trial_resources", "must be >= 0")
+    _require(cfg.train.workers == 0 or any(v > 0 for v in t.trial_resources.values()), "tune.trial_resources",
+             "must ask for some resource for each trial's driver of a Ray Train run, such as {CPU:0.1}")
     _require(cfg.final_eval.n >= 0 and cfg.final_eval.top_k >= 0, "final_eval.n", "and final_eval.top_k must be >= 0")
     for name in cfg.final_eval.attacks:
         make_attack(name, eps=cfg.eval.eps, norm=cfg.eval.norm)

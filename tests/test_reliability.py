@@ -92,20 +92,21 @@ def _space(tmp_path, text):
     return f"search={path}"
 
 
-BAD_SEARCHES = [
-    (lambda p: _space(p, "    attack.eps: {type: uniform, low: 0.2, high: 0.1}\n"), "is empty or inverted"),
-    (lambda p: _space(p, "    method.rank: {type: choice, values: [2]}\n"), "tune.space.method.rank names a key that does not exist"),
-    (lambda p: _space(p, "    train.seed: {type: choice, values: []}\n"), "is a choice with no values"),
-    (lambda p: "search=nonexistent_space", "unknown search space 'nonexistent_space'; choose one of: afd,"),
-    (lambda p: "tune.num_samples=0", "tune.num_samples and tune.max_concurrent must be >= 1"),
-    (lambda p: "tune.trial_resources={GPU:64}", "needs 64 GPU but this machine has at most 0"),
+BAD_SEARCHES = [  # (the overrides, made in a temporary folder; the message)
+    (lambda p: [_space(p, "    attack.eps: {type: uniform, low: 0.2, high: 0.1}\n")], "is empty or inverted"),
+    (lambda p: [_space(p, "    method.rank: {type: choice, values: [2]}\n")], "tune.space.method.rank names a key that does not exist"),
+    (lambda p: [_space(p, "    train.seed: {type: choice, values: []}\n")], "is a choice with no values"),
+    (lambda p: ["search=nonexistent_space"], "unknown search space 'nonexistent_space'; choose one of: afd,"),
+    (lambda p: ["tune.num_samples=0"], "tune.num_samples and tune.max_concurrent must be >= 1"),
+    (lambda p: ["tune.trial_resources={GPU:64}"], "needs 64 GPU but this machine has at most 0"),
+    (lambda p: ["train.workers=1", "tune.trial_resources={CPU:0}"], "must ask for some resource for each trial's driver"),
 ]
 
 
 @pytest.mark.parametrize("make,message", BAD_SEARCHES)
 def test_bad_searches_are_one_line_exit_2_and_write_nothing(tmp_path, natural_digits, make, message):
     storage = tmp_path / "results"
-    proc = tune_cli(storage, natural_digits[1], make(tmp_path), "name=bad")
+    proc = tune_cli(storage, natural_digits[1], *make(tmp_path), "name=bad")
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("raygap: error:"), proc.stderr
     assert message in lines[0]
