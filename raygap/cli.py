@@ -38,9 +38,18 @@ def entry_point(run: Callable, last_line: Callable, doc: str = "", config_name: 
             return
         result = run(cfg)
     except UserError as err:
+        _stop_ray()
         print(f"raygap: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
+        _stop_ray()
         print("raygap: interrupted; run the same command again to resume where it stopped", file=sys.stderr)
         raise SystemExit(130) from None
     print(last_line(result), flush=True)
+
+
+def _stop_ray() -> None:
+    """Disconnect from Ray, if connected: the worker lines it still forwards come out before our last line."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()

@@ -40,9 +40,10 @@ def start_ray(*trainings) -> None:
 
 
 def execute(cfg, *, stage: str, start: str | None, run_dir: str, label: str, experiment_dir: str | None = None,
-            trial_id: str | None = None, callbacks: list | None = None) -> list:
-    """Run the training loop for `stage` in this process (workers=0) or as a Ray Train run with
-    `workers` workers (DDP: gloo on CPU, nccl on GPU); returns the per-epoch metrics.
+            trial_id: str | None = None, callbacks: list | None = None, context=None) -> list:
+    """Run the training loop for `stage` in this process (workers=0; it checkpoints and reports through
+    `context`, by default `loop.LocalContext`) or as a Ray Train run with `workers` workers (DDP: gloo on
+    CPU, nccl on GPU; `callbacks` are its RunConfig's); returns the per-epoch metrics.
 
     A Ray Train run is named after `run_dir`, so running it again resumes from its last checkpoint.
     """
@@ -52,7 +53,7 @@ def execute(cfg, *, stage: str, start: str | None, run_dir: str, label: str, exp
            "experiment_dir": experiment_dir or run_dir, "trial_id": trial_id or run_dir.rsplit("/", 1)[-1]}
     t = cfg[stage]
     if t.workers == 0:
-        return train_loop(job)
+        return train_loop(job, context)
 
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, WorkerGroupError
     from ray.train.torch import TorchConfig, TorchTrainer

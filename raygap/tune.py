@@ -1,11 +1,10 @@
 """The search: `python -m raygap.tune [search=<name>] [overrides]`.
 
 Ray Tune runs trials suggested by Optuna (seeded TPE; NSGA-II for several objectives), stops poor ones
-early with ASHA on the per-epoch robust validation accuracy, and runs each trial from the cached
+early with ASHA on the per-epoch robust validation accuracy, and trains each trial from the cached
 natural model, as a Ray Train run of train.workers workers or, with train.workers=0, in the trial's own
-process. Every epoch and every trial goes to Parquet as results
-arrive, the Optuna study to SQLite, and the best trials are evaluated with strong attacks on the test
-split at the end. Running the same command again resumes an interrupted search, or prints the summary
+process. Every epoch and every trial goes to Parquet as results arrive, the Optuna study to SQLite,
+and the best trials are evaluated with strong attacks on the test split at the end. Running the same command again resumes an interrupted search, or prints the summary
 of a finished one without training anything.
 """
 
@@ -69,7 +68,7 @@ def run_trial(config: dict) -> None:
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from raygap.loop import TuneTrialContext, train_loop
+    from raygap.loop import TuneTrialContext
     from raygap.methods import METHODS
     from raygap.train import execute
 
@@ -78,23 +77,20 @@ def run_trial(config: dict) -> None:
     experiment_dir = storage.join(cfg.storage, config["experiment"])
     start = None if METHODS[cfg.method.name].Objective.from_scratch else cfg.pretrained
     run_dir = storage.join(experiment_dir, "runs", trial_id)
+    context = None  # a Ray Train run of train.workers workers
+    if cfg.train.workers == 0:  # this process trains: no Train controller and workers to start, seconds a trial
+        context = TuneTrialContext(run_dir, cfg.train.cpus_per_worker, cfg.train.gpus_per_worker)
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # not a line per checkpoint
     started = time.time()
-    if cfg.train.workers == 0:
-        # No Train controller and worker processes to start: on small data that start is a large part of a trial.
-        logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # a line per checkpoint
-        job = {"cfg": as_dict(cfg), "stage": "train", "start": start, "run_dir": run_dir, "label": trial_id,
-               "experiment_dir": experiment_dir, "trial_id": trial_id}
-        history = train_loop(job, TuneTrialContext(run_dir, cfg.train.cpus_per_worker, cfg.train.gpus_per_worker))
-    else:
-        history = execute(cfg, stage="train", start=start, run_dir=run_dir, label=trial_id,
-                          experiment_dir=experiment_dir, trial_id=trial_id, callbacks=[TuneReportCallback()])
+    history = execute(cfg, stage="train", start=start, run_dir=run_dir, label=trial_id, experiment_dir=experiment_dir,
+                      trial_id=trial_id, callbacks=[TuneReportCallback()], context=context)
     if not any(row["finished_at"] >= started for row in history):
         # The run had ended before a stopped driver saved the trial's end, so Tune ran it again and no
         # epoch was reported this time: report the last one, which Tune and the searcher expect.
         ray.tune.report({k: v for k, v in history[-1].items() if k != "node"})
 
 
-def trial_resources(cfg) -> dict:
+def trial_process_resources(cfg) -> dict:
     """What one trial's own process asks Ray for: its driver's share, plus one worker's when it trains itself."""
     own = dict(cfg.tune.trial_resources)
     if cfg.train.workers == 0:
@@ -321,7 +317,7 @@ def run(cfg, search: str = DEFAULT_SEARCH) -> dict:
         raise UserError(f"search space '{search}' has no tune.space; choose a search space with search=<name>")
     experiment = experiment_name(cfg, search)
     experiment_dir = storage.join(cfg.storage, experiment)
-    own = trial_resources(cfg)
+    own = trial_process_resources(cfg)
     if cfg.train.workers == 0:
         session.check_resources(own, own)  # one process, so all of it on one node
     else:
@@ -338,7 +334,7 @@ def run(cfg, search: str = DEFAULT_SEARCH) -> dict:
           f"{cfg.model.name}, {cfg.train.epochs} epochs each, in {experiment_dir}", flush=True)
     if not cfg.pretrained:
         cfg.pretrained = pretrain.run(cfg)["checkpoint"]
-    trainable = ray.tune.with_resources(run_trial, trial_resources(cfg))
+    trainable = ray.tune.with_resources(run_trial, own)
     if Tuner.can_restore(experiment_dir):
         print(f"resuming the search in {experiment_dir}", flush=True)
         tuner = Tuner.restore(experiment_dir, trainable=trainable, resume_errored=False)

@@ -112,9 +112,9 @@ def test_a_search_submitted_to_a_local_autoscaling_cluster_runs_on_added_gpu_nod
         job = subprocess.run(
             [ray_cli, "job", "submit", "--address", address, "--",
              sys.executable, "-m", "raygap.tune", f"storage={tmp_path}", "name=cluster", f"pretrained={path}",
-             "tune.num_samples=2", "train.epochs=2", "train.workers=1", "train.gpus_per_worker=1", "train.cpus_per_worker=1",
-             "train.backend=gloo", "tune.trial_resources={CPU:0.1,trial_driver:1}", "final_eval.n=100",
-             "final_eval.attacks=[clean,pgd20]"],
+             "tune.num_samples=2", "train.epochs=2", "train.workers=1", "train.gpus_per_worker=1",
+             "train.cpus_per_worker=1", "train.backend=gloo", "tune.trial_resources={CPU:0.1,trial_driver:1}",
+             "final_eval.n=100", "final_eval.attacks=[clean,pgd20]"],
             env=env, capture_output=True, text=True, timeout=900)
         assert job.returncode == 0 and "Job 'raysubmit_" in job.stdout, job.stdout[-3000:] + job.stderr[-3000:]
         assert "succeeded" in job.stdout
