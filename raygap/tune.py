@@ -4,8 +4,9 @@ Ray Tune runs trials suggested by Optuna (seeded TPE; NSGA-II for several object
 early with ASHA on the per-epoch robust validation accuracy, and trains each trial from the cached
 natural model, as a Ray Train run of train.workers workers or, with train.workers=0, in the trial's own
 process. Every epoch and every trial goes to Parquet as results arrive, the Optuna study to SQLite,
-and the best trials are evaluated with strong attacks on the test split at the end. Running the same command again resumes an interrupted search, or prints the summary
-of a finished one without training anything.
+and the best trials are evaluated with strong attacks on the test split at the end. Running the same
+command again resumes an interrupted search, or prints the summary of a finished one without training
+anything.
 """
 
 from __future__ import annotations
@@ -130,6 +131,7 @@ class Recorder(Callback):
 
     def setup(self, **info):
         self.live_now, self.ended_now = set(), set()  # trials live (pending, running) and ended in this session
+        self.stopped_by = None  # the error that stops the search, if one does
         previous = results.read_table(self.experiment_dir, "trials")
         for row in previous.to_dict("records"):
             self.rows[row["trial_id"]] = row
@@ -189,6 +191,7 @@ class Recorder(Callback):
         self._save(trial.trial_id)
         self._progress(trial.trial_id)
         if isinstance(error, StorageError):
+            self.stopped_by = error
             raise error  # every later trial would fail the same way: stop the search with this one line
 
     def on_trial_recover(self, trial, **info):
@@ -199,9 +202,11 @@ class Recorder(Callback):
               f"{trial.num_failures} of {self.max_failures}", flush=True)
 
     def on_experiment_end(self, trials, **info):
-        # When Tune stops a search early (its Ctrl-C handler), it has saved the running trials as running,
-        # then ends them without on_trial_complete: their rows stay `running` until the command runs again.
-        cut = {t.trial_id for t in trials if t.status == "TERMINATED"} & (self.live_now - self.ended_now)
+        # Tune answers the first Ctrl-C by saving its state and returning from fit() as from a finished
+        # search: trials not yet created, pending ones, and running ones that it ends without
+        # on_trial_complete. Their rows stay `running` until the command runs again.
+        cut = self.live_now - self.ended_now
+        interrupted = (bool(cut) or len(trials) < self.num_samples) and self.stopped_by is None
         # Rows for trials whose end this driver did not see (it was killed in between, or the table
         # was lost), so that the table always holds one final row per finished trial.
         for trial in trials:
@@ -221,8 +226,8 @@ class Recorder(Callback):
                             "error": "lost: the search driver was killed before Tune saved this trial, so the "
                                      "resumed search could not continue it"})
                 self._save(trial_id)
-        if cut:
-            raise KeyboardInterrupt  # for run(): Tune itself returns from a stopped search as from a finished one
+        if interrupted:
+            raise KeyboardInterrupt
 
     def _progress(self, trial_id: str):
         row = self.rows[trial_id]
@@ -318,11 +323,9 @@ def run(cfg, search: str = DEFAULT_SEARCH) -> dict:
     experiment = experiment_name(cfg, search)
     experiment_dir = storage.join(cfg.storage, experiment)
     own = trial_process_resources(cfg)
-    if cfg.train.workers == 0:
-        session.check_resources(own, own)  # one process, so all of it on one node
-    else:
-        total, per_worker = resources(cfg.train)
-        session.check_resources({k: own.get(k, 0) + total.get(k, 0) for k in own.keys() | total.keys()}, per_worker)
+    # A Train run's workers come on top of the trial's process; a trial that trains itself is one process on one node
+    total, per_node = resources(cfg.train) if cfg.train.workers else ({}, own)
+    session.check_resources({k: own.get(k, 0) + total.get(k, 0) for k in own.keys() | total.keys()}, per_node)
     for table in ("trials", "epochs"):
         results.check_readable(experiment_dir, table)
     session.connect()
@@ -352,15 +355,12 @@ def run(cfg, search: str = DEFAULT_SEARCH) -> dict:
                                            callbacks=[Recorder(cfg, experiment)],
                                            failure_config=FailureConfig(max_failures=cfg.tune.max_failures)))
     try:
-        grid = tuner.fit()
+        tuner.fit()  # raises KeyboardInterrupt (from the Recorder) for a search stopped by Ctrl-C
     except Exception as err:  # Tune wraps what a callback raised: find the storage error, if that was it
         cause = err
         while cause is not None and not isinstance(cause, StorageError):
             cause = cause.__cause__ or cause.__context__
         raise (cause or err) from None
-    if grid.num_terminated + grid.num_errors < max(len(grid), cfg.tune.num_samples):
-        # Tune catches the first Ctrl-C itself, saves its state and returns early
-        raise KeyboardInterrupt
     _close_orphans(cfg, experiment, experiment_dir)
     finalists(cfg, experiment_dir)
     ray.shutdown()  # flushes the workers' last log lines now, before the summary and the last line
