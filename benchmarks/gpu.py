@@ -1,13 +1,14 @@
 """GPU throughput of PGD-10 adversarial training: images/s and model FLOP utilisation per setting.
 
-    python benchmarks/gpu.py [--models resnet18,wrn34_10] [--batch 512] [--steps 30] [--device cuda]
+    python benchmarks/gpu.py [--models resnet18,wrn34_10] [--batches 128,512] [--steps 30] [--device cuda]
 
 CIFAR-10-shaped random data resident on the GPU; `raygap.loop.train_step` of vAFT with PGD-10, the
-step every trial runs. Settings, side by side in one run: fp32, bf16 autocast, bf16 + channels_last
-(raygap's default on CUDA), and that plus torch.compile. Then one trial alone on the GPU against two
-trials sharing it (two processes, as Ray runs two trials with train.gpus_per_worker=0.5): total
-images/s. FLOP utilisation counts (2k + 3) forward-equivalents per image (Objective.passes) at
-PyTorch's FLOP count of one forward, against the GPU's dense peak (raygap.loop.PEAK_FLOPS).
+step every trial runs, at the trials' batch (128) and a larger one. Settings, side by side in one run,
+each adding one thing to the one before: fp32 (convolutions in TF32, PyTorch's default), bf16
+autocast, channels_last, torch.compile with CUDA graphs (raygap's default on one GPU: train.compile=auto).
+Then one trial alone on the GPU against two and four trials sharing it (processes, as Ray runs two
+trials with train.gpus_per_worker=0.5), eager and compiled, at the trials' batch: total images/s. FLOP utilisation counts (2k + 3) forward-equivalents per image (Objective.passes) at
+PyTorch's FLOP count of one forward, against the GPU's dense bf16 or TF32 peak (raygap.loop.PEAK_FLOPS).
 `--device cpu --models smallcnn --shape 1,28,28 --steps 3` checks the script without a GPU.
 """
 
@@ -20,14 +21,14 @@ import torch
 import torch.multiprocessing as mp
 
 from raygap.attacks import make_attack
-from raygap.loop import peak_flops, train_step
+from raygap.loop import compile_mode, peak_flops, train_step
 from raygap.methods import METHODS
 from raygap.models import build_model, forward_flops
 
-SETTINGS = {"fp32": dict(bf16=False, channels_last=False, compile=False),
+SETTINGS = {"fp32 (tf32 convolutions)": dict(bf16=False, channels_last=False, compile=False),
             "bf16": dict(bf16=True, channels_last=False, compile=False),
-            "bf16 + channels_last (default)": dict(bf16=True, channels_last=True, compile=False),
-            "bf16 + channels_last + compile": dict(bf16=True, channels_last=True, compile=True)}
+            "+ channels_last": dict(bf16=True, channels_last=True, compile=False),
+            "+ torch.compile, CUDA graphs (default)": dict(bf16=True, channels_last=True, compile=True)}
 ATTACK_STEPS = 10
 
 
@@ -43,18 +44,20 @@ def images_per_second(model_name, shape, batch, steps, device, bf16, channels_la
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
     flops = forward_flops(module, shape) * objective.passes(ATTACK_STEPS)
-    net = torch.compile(module) if compile else module
+    mode = compile_mode(compile, device, world=1)
+    torch._dynamo.reset()  # each setting compiles afresh, not against the previous model's cache
+    net = torch.compile(module, mode=mode) if mode else module
     optimizer = torch.optim.SGD(module.parameters(), lr=0.01, momentum=0.9)
 
     def run(n):
         for i in range(n):
             index = slice((i % 4) * batch, (i % 4 + 1) * batch)
             x = x_all[index].contiguous(memory_format=torch.channels_last) if channels_last else x_all[index]
-            train_step(objective, module, net, optimizer, x, y_all[index], bf16)
+            train_step(objective, net, net, optimizer, x, y_all[index], bf16, compiled=mode is not None)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    run(3 if not compile else 6)  # warm-up (and compilation)
+    run(3 if not mode else 8)  # warm-up (and compilation, CUDA graph recording)
     started = time.perf_counter()
     run(steps)
     return batch * steps / (time.perf_counter() - started), flops
@@ -81,31 +84,34 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="resnet18,wrn34_10")
     parser.add_argument("--shape", default="3,32,32")
-    parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--batches", default="128,512", help="the first one is also the shared-GPU table's")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--device", default="cuda")
     args = parser.parse_args()
     shape = tuple(int(v) for v in args.shape.split(","))
+    batches = [int(b) for b in args.batches.split(",")]
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
 
-    print(f"\nvAFT PGD-{ATTACK_STEPS} training steps on {name}, batch {args.batch} of {'x'.join(map(str, shape))}, "
+    print(f"\nvAFT PGD-{ATTACK_STEPS} training steps on {name}, images of {'x'.join(map(str, shape))}, "
           f"data resident on the device, {args.steps} timed steps\n")
-    print("| model | setting | images/s | model FLOP utilisation | s per CIFAR-10 epoch (50k) |")
-    print("|---|---|---|---|---|")
+    print("| model | batch | setting | images/s | model FLOP utilisation | s per CIFAR-10 epoch (50k) |")
+    print("|---|---|---|---|---|---|")
     for model in args.models.split(","):
-        for setting, flags in SETTINGS.items():
-            rate, flops = images_per_second(model, shape, args.batch, args.steps, args.device, **flags)
-            peak = peak_flops(device, flags["bf16"])
-            mfu = f"{rate * flops / peak:.1%}" if peak else "-"
-            print(f"| {model} | {setting} | {rate:,.0f} | {mfu} | {50_000 / rate:.1f} |", flush=True)
+        for batch in batches:
+            for setting, flags in SETTINGS.items():
+                rate, flops = images_per_second(model, shape, batch, args.steps, args.device, **flags)
+                peak = peak_flops(device, flags["bf16"])
+                mfu = f"{rate * flops / peak:.1%}" if peak else "-"
+                print(f"| {model} | {batch} | {setting} | {rate:,.0f} | {mfu} | {50_000 / rate:.1f} |", flush=True)
 
-    print("\n| model | trials on the device | total images/s |\n|---|---|---|")
+    print("\n| model | batch | setting | trials on the device | total images/s |\n|---|---|---|---|---|")
     for model in args.models.split(","):
-        default = (model, shape, args.batch, args.steps, args.device, True, True, False)
-        for trials in (1, 2):
-            print(f"| {model} | {trials} | {shared(default, trials):,.0f} |", flush=True)
-
+        for setting in ("+ channels_last", "+ torch.compile, CUDA graphs (default)"):
+            for trials in (1, 2, 4):
+                job = (model, shape, batches[0], args.steps, args.device, *SETTINGS[setting].values())
+                print(f"| {model} | {batches[0]} | {setting.lstrip('+ ')} | {trials} | {shared(job, trials):,.0f} |",
+                      flush=True)
 
 if __name__ == "__main__":
     main()

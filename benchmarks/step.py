@@ -1,7 +1,8 @@
 """One training step of every method, beside two peer PGD-AT loops and each method's lean bound.
 
     python benchmarks/step.py [--model smallcnn] [--shape 1,28,28] [--batch 128] [--steps 10]
-                              [--repeats 20] [--device auto|cpu|cuda] [--bf16]
+                              [--repeats 20] [--device auto|cpu|cuda] [--bf16] [--channels-last]
+                              [--cudnn-benchmark] [--compile]
 
 Everything is timed side by side in one process on the same random batch, median of `--repeats` after
 warm-up:
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 
 from raygap.attacks import make_attack
 from raygap.evaluate import autocast
-from raygap.loop import train_step
+from raygap.loop import compile_mode, train_step
 from raygap.methods import METHODS
 from raygap.models import build_model
 
@@ -37,7 +38,7 @@ def median_seconds(fn, repeats: int, device: torch.device) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    for _ in range(3):  # warm-up: allocator, kernels, lazy init
+    for _ in range(5):  # warm-up: allocator, kernels, lazy init, compilation and CUDA graph recording
         fn()
     sync()
     times = []
@@ -127,6 +128,10 @@ def main():
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
+    parser.add_argument("--channels-last", action="store_true", help="images and weights channels-last (CUDA)")
+    parser.add_argument("--cudnn-benchmark", action="store_true", help="cuDNN picks its fastest algorithms (CUDA)")
+    parser.add_argument("--compile", action="store_true",
+                        help="raygap's steps compiled as train.compile=true does (CUDA graphs on a GPU)")
     parser.add_argument("--methods", default=",".join(m for m in METHODS if m != "pgd_at"),
                         help="pgd_at is vaft's step from random weights: the same cost")
     args = parser.parse_args()
@@ -138,6 +143,9 @@ def main():
     y = torch.randint(0, 10, (args.batch,), device=device)
     mean, std = [0.5] * shape[0], [0.25] * shape[0]
     natural = build_model(args.model, shape, 10, mean, std).to(device)
+    if args.channels_last:
+        x, natural = x.contiguous(memory_format=torch.channels_last), natural.to(memory_format=torch.channels_last)
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     alpha = 2.5 * args.eps / args.steps
     attack = make_attack("pgd", eps=args.eps, steps=args.steps)
 
@@ -160,12 +168,15 @@ def main():
             objective.teacher.to(device)
         module = objective.module.to(device)
         optimizer = sgd(module)
+        mode = compile_mode(args.compile, device, world=1)
+        torch._dynamo.reset()  # a fresh cache per method
+        net = torch.compile(module, mode=mode) if mode else module
         o = method.Objective
         bound = (args.steps * o.attacked * parts["forward + input gradient"]
                  + (o.attack_clean_forwards + o.teacher_forwards) * parts["forward (no grad)"]
                  + o.training_passes * parts["forward + full backward"] + parts["optimiser step"])
-        rows.append((f"raygap {name}", timed(lambda: train_step(objective, module, module, optimizer, x, y, args.bf16)),
-                     bound))
+        step = lambda: train_step(objective, net, net, optimizer, x, y, args.bf16, compiled=mode is not None)  # noqa: E731
+        rows.append((f"raygap {name}", timed(step), bound))
     _, vaft, vaft_bound = next(row for row in rows if row[0] == "raygap vaft")
     for label, make in [("plain PyTorch PGD-AT", plain_pgd_at), ("torchattacks PGD-AT", torchattacks_pgd_at)]:
         model = copy.deepcopy(natural)
@@ -173,7 +184,9 @@ def main():
 
     print(f"\n{args.model}, batch {args.batch} of {'x'.join(map(str, shape))}, PGD-{args.steps}, {device}"
           f"{' ' + torch.cuda.get_device_name(device) if device.type == 'cuda' else f' ({torch.get_num_threads()} threads)'}"
-          f"{', bf16' if args.bf16 else ''}, median of {args.repeats}\n")
+          f"{', bf16' if args.bf16 else ''}{', channels-last' if args.channels_last else ''}"
+          f"{', cudnn.benchmark' if args.cudnn_benchmark else ''}{', compiled' if args.compile else ''}"
+          f", median of {args.repeats}\n")
     print("| step | ms | lean bound ms | ratio to bound | images/s | vs raygap vaft |")
     print("|---|---|---|---|---|---|")
     for label, seconds, bound in rows:

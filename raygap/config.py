@@ -74,7 +74,7 @@ class TrainConfig:
     backend: str = "auto"  # DDP backend: auto (nccl with GPUs, else gloo), nccl or gloo
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU), bf16 or fp32
     channels_last: bool = True  # on CUDA only
-    compile: bool = False
+    compile: str = "auto"  # auto (on CUDA: torch.compile with CUDA graphs; eager on CPU), true or false
     max_failures: int = 0
 
 
@@ -288,6 +288,7 @@ def validate(cfg: DictConfig) -> None:
         _require(t.gpus_per_worker >= 0 and t.cpus_per_worker > 0, f"{node}.gpus_per_worker",
                  "must be >= 0 and cpus_per_worker > 0")
         _require(t.precision in ("auto", "bf16", "fp32"), f"{node}.precision", "must be auto, bf16 or fp32")
+        _require(str(t.compile).lower() in ("auto", "true", "false"), f"{node}.compile", "must be auto, true or false")
         _require(t.backend in ("auto", "nccl", "gloo"), f"{node}.backend", "must be auto, nccl or gloo")
         _require(t.max_failures >= -1, f"{node}.max_failures", "must be >= 0 (or -1 for unlimited retries)")
         _require(t.workers <= 1 or t.batch_size >= t.workers, f"{node}.batch_size",

@@ -31,10 +31,13 @@ from raygap.evaluate import autocast, correct_count
 from raygap.methods import METHODS
 from raygap.models import build_model, forward_flops
 
-# Dense bf16 / fp32 peak FLOP/s of common accelerators, for model FLOP utilisation (MFU).
-PEAK_FLOPS = {"H100": (989e12, 67e12), "H200": (989e12, 67e12), "A100": (312e12, 19.5e12),
-              "L40S": (362e12, 91.6e12), "L4": (121e12, 30e12), "A10G": (125e12, 31e12), "V100": (125e12, 15.7e12),
-              "T4": (65e12, 8.1e12)}
+# Dense tensor-core peak FLOP/s (bf16, tf32) of common GPUs, for model FLOP utilisation (MFU). fp32 runs
+# count against the TF32 peak: PyTorch runs fp32 convolutions in TF32 by default (cudnn.allow_tf32).
+# The first key found in the device's name wins (so "H100 PCIe" before "H100", the SXM part). The A10G
+# (AWS g5) gets the A10's datasheet figures: AWS publishes none of its own.
+PEAK_FLOPS = {"H100 PCIe": (756e12, 378e12), "H100": (989e12, 495e12), "H200": (989e12, 495e12),
+              "A100": (312e12, 156e12), "L40S": (362e12, 183e12), "L4": (121e12, 60e12),
+              "A10G": (125e12, 62.5e12)}
 
 
 class EMA:
@@ -215,12 +218,37 @@ def _state_to(state, device):
     return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in state.items()}
 
 
-def train_step(objective, module: nn.Module, net: nn.Module, optimizer, x, y, bf16: bool) -> dict:
-    """One step: x' made on `module` in eval mode, then the method's loss on `net` (module, maybe
-    DDP-wrapped) in train mode, its backward and the optimiser step. Returns the loss parts."""
+def compile_mode(setting, device: torch.device, world: int) -> str | None:
+    """torch.compile's mode for a `compile` setting (auto, true or false), None for eager.
+
+    auto compiles on CUDA only (on a CPU, compiling costs more than it saves on these small steps). One
+    process on one GPU gets CUDA graphs (reduce-overhead): at batch 128 an eager PGD step launches
+    hundreds of small kernels and the CPU, not the GPU, sets the pace (benchmarks/README.md: 3.2x on an
+    H100). DDP keeps the default mode: its gradient hooks run between the graphs.
+    """
+    setting = str(setting).lower()
+    if setting == "false" or (setting == "auto" and device.type != "cuda"):
+        return None
+    return "reduce-overhead" if device.type == "cuda" and world == 1 else "default"
+
+
+def train_step(objective, module: nn.Module, net: nn.Module, optimizer, x, y, bf16: bool, compiled: bool = False) -> dict:
+    """One step: x' made on `module` (the trained module, maybe compiled) in eval mode, then the
+    method's loss on `net` (the module, maybe DDP-wrapped or compiled) in train mode, its backward and
+    the optimiser step. Returns the loss parts.
+
+    compiled: `module` is compiled; its attack then runs with the trained weights frozen, since a
+    compiled backward computes the gradient of every input that requires one (eager autograd computes
+    only what the attack asks for: the input's), which made the compiled attack 1.4x slower.
+    """
+    frozen = [p for p in module.parameters() if p.requires_grad] if compiled else []
     module.eval()
+    for p in frozen:
+        p.requires_grad_(False)
     with autocast(x.device, bf16):
         x_adv = objective.adversarial(module, x, y)
+    for p in frozen:
+        p.requires_grad_(True)
     module.train()
     with autocast(x.device, bf16):
         parts = objective.loss(net, x, y, x_adv)
@@ -281,8 +309,13 @@ def train_loop(job: dict, context=None) -> dict | None:
     net = module
     if world > 1:
         net = nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
-    if t.compile:
-        net = torch.compile(net)
+    # The attack runs on the bare module (DDP would wait for weight gradients the attack never makes);
+    # compiled, it gets its own compiled wrapper, since its passes are most of the step's work.
+    mode = compile_mode(t.compile, device, world)
+    attacked = module
+    if mode:
+        attacked = torch.compile(module, mode=mode)
+        net = attacked if net is module else torch.compile(net, mode=mode)
 
     history, start_epoch = [], 0
     state = context.restore()
@@ -312,7 +345,7 @@ def train_loop(job: dict, context=None) -> dict | None:
             x = data.augment(x, cfg.data.crop_padding, cfg.data.flip)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            parts = train_step(objective, module, net, optimizer, x, y, bf16)
+            parts = train_step(objective, attacked, net, optimizer, x, y, bf16, compiled=mode is not None)
             scheduler.step()
             if ema:
                 ema.update(module)
@@ -385,8 +418,8 @@ def peak_flops(device: torch.device, bf16: bool) -> float:
     if device.type != "cuda":
         return 0.0
     name = torch.cuda.get_device_name(device)
-    for key, (bf16_peak, fp32_peak) in PEAK_FLOPS.items():
+    for key, (bf16_peak, tf32_peak) in PEAK_FLOPS.items():
         if key in name:
-            return bf16_peak if bf16 else fp32_peak
+            return bf16_peak if bf16 else tf32_peak
     return 0.0
 

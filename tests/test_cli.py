@@ -19,6 +19,7 @@ BAD = [
     (["data=cifar10", "data.root=/nonexistent"], "data.download=true"),
     (["name=../escape"], "stays inside storage"),
     (["method=afd", "method.disentangler_size=0"], "method.disentangler_size must be >= 1"),
+    (["train.compile=maybe"], "train.compile must be auto, true or false"),
 ]
 
 

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from raygap import checkpoint, data, train
 from raygap.attacks import make_attack
 from raygap.evaluate import correct_count
+from raygap.loop import compile_mode, train_step
 from raygap.methods import METHODS, afd, base, mart, trades
 
 from conftest import load
@@ -123,6 +124,36 @@ def test_every_objective_exports_a_classifier_that_matches_its_module(batch):
         module = objective.module.eval()
         with torch.no_grad():
             torch.testing.assert_close(objective.export(module)(x), module(x), msg=name)
+
+
+def test_compile_mode_follows_the_device():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert compile_mode("auto", cpu, 1) is None and compile_mode("false", cuda, 1) is None
+    assert compile_mode("auto", cuda, 1) == "reduce-overhead"  # CUDA graphs for one process on one GPU
+    assert compile_mode("True", cuda, 2) == "default" and compile_mode("true", cpu, 1) == "default"
+
+
+def test_compiled_step_matches_the_eager_one(batch):
+    """train.compile's path: the attack runs compiled on frozen weights, which are trainable again after it;
+    the loss and the updated weights equal the eager step's."""
+    _, path, x, y = batch
+    steps = []
+    for compiled in (False, True):
+        torch.manual_seed(0)  # the same random start of the attack
+        objective = afd_objective(path)
+        module = objective.module
+        trainable = [p.requires_grad for p in module.parameters()]
+        before = [p.detach().clone() for p in module.parameters()]
+        net = torch.compile(module, mode=compile_mode("true", x.device, 1)) if compiled else module
+        optimizer = torch.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=0.05)
+        parts = train_step(objective, net, net, optimizer, x, y, bf16=False, compiled=compiled)
+        assert [p.requires_grad for p in module.parameters()] == trainable
+        assert any(not torch.equal(b, p) for b, p in zip(before, module.parameters())), "the step updated nothing"
+        steps.append((parts["loss"].detach(), [p.detach().clone() for p in module.parameters()]))
+    (eager_loss, eager_weights), (compiled_loss, compiled_weights) = steps
+    torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-3, atol=1e-4)
+    for eager, compiled in zip(eager_weights, compiled_weights):
+        torch.testing.assert_close(compiled, eager, rtol=1e-3, atol=1e-5)
 
 
 # Fine-tuners get 8 epochs; PGD-AT starts from random weights and gets 30 at a higher rate. TRADES
