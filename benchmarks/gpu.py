@@ -7,8 +7,9 @@ step every trial runs, at the trials' batch (128) and a larger one. Settings, si
 each adding one thing to the one before: fp32 (convolutions in TF32, PyTorch's default), bf16
 autocast, channels_last, torch.compile with CUDA graphs (raygap's default on one GPU: train.compile=auto).
 Then one trial alone on the GPU against two and four trials sharing it (processes, as Ray runs two
-trials with train.gpus_per_worker=0.5), eager and compiled, at the trials' batch: total images/s. FLOP utilisation counts (2k + 3) forward-equivalents per image (Objective.passes) at
-PyTorch's FLOP count of one forward, against the GPU's dense bf16 or TF32 peak (raygap.loop.PEAK_FLOPS).
+trials with train.gpus_per_worker=0.5), eager and compiled, at the trials' batch: total images/s.
+FLOP utilisation counts (2k + 3) forward-equivalents per image (Objective.passes) at PyTorch's FLOP
+count of one forward, against the GPU's dense bf16 or TF32 peak (raygap.loop.PEAK_FLOPS).
 `--device cpu --models smallcnn --shape 1,28,28 --steps 3` checks the script without a GPU.
 """
 
@@ -45,7 +46,7 @@ def images_per_second(model_name, shape, batch, steps, device, bf16, channels_la
         module = module.to(memory_format=torch.channels_last)
     flops = forward_flops(module, shape) * objective.passes(ATTACK_STEPS)
     mode = compile_mode(compile, device, world=1)
-    torch._dynamo.reset()  # each setting compiles afresh, not against the previous model's cache
+    torch.compiler.reset()  # each setting compiles afresh, not against the previous model's cache
     net = torch.compile(module, mode=mode) if mode else module
     optimizer = torch.optim.SGD(module.parameters(), lr=0.01, momentum=0.9)
 

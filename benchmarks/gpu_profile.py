@@ -25,7 +25,7 @@ from raygap.models import build_model
 def make_step(batch: int, mode: str | None = None, frozen: bool = False):
     """A function running one step on one of four resident batches (the i-th), as raygap trains."""
     torch.manual_seed(0)
-    torch._dynamo.reset()
+    torch.compiler.reset()
     x = torch.rand(4 * batch, 3, 32, 32, device="cuda").contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (4 * batch,), device="cuda")
     model = build_model("resnet18", (3, 32, 32), 10, [0.5] * 3, [0.25] * 3)

@@ -169,7 +169,7 @@ def main():
         module = objective.module.to(device)
         optimizer = sgd(module)
         mode = compile_mode(args.compile, device, world=1)
-        torch._dynamo.reset()  # a fresh cache per method
+        torch.compiler.reset()  # a fresh cache per method
         net = torch.compile(module, mode=mode) if mode else module
         o = method.Objective
         bound = (args.steps * o.attacked * parts["forward + input gradient"]
