@@ -33,35 +33,53 @@ SETTINGS = {"fp32 (tf32 convolutions)": dict(bf16=False, channels_last=False, co
 ATTACK_STEPS = 10
 
 
-def images_per_second(model_name, shape, batch, steps, device, bf16, channels_last, compile) -> tuple[float, float]:
-    """(images/s, FLOPs per image) of `steps` timed vAFT PGD-10 steps after warm-up."""
+def make_step(model_name, shape, batch, device, bf16: bool, channels_last: bool, mode: str | None, frozen: bool):
+    """(step(i): one vAFT PGD-10 training step on the i-th of four resident batches, FLOPs per image).
+
+    mode: torch.compile's (None: eager); frozen: the attack runs on frozen weights, as raygap's compiled
+    step does (benchmarks/gpu_profile.py compares both).
+    """
     torch.manual_seed(0)
     device = torch.device(device)
     x_all = torch.rand(4 * batch, *shape, device=device)  # resident data, as data.resident=auto does
     y_all = torch.randint(0, 10, (4 * batch,), device=device)
+    if channels_last:
+        x_all = x_all.contiguous(memory_format=torch.channels_last)
     model = build_model(model_name, shape, 10, [0.5] * shape[0], [0.25] * shape[0])
     objective = METHODS["vaft"].Objective(model, METHODS["vaft"].Params(), make_attack("pgd", eps=8 / 255, steps=ATTACK_STEPS))
     module = objective.module.to(device)
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
     flops = forward_flops(module, shape) * objective.passes(ATTACK_STEPS)
-    mode = compile_mode(compile, device, world=1)
     torch.compiler.reset()  # each setting compiles afresh, not against the previous model's cache
     net = torch.compile(module, mode=mode) if mode else module
     optimizer = torch.optim.SGD(module.parameters(), lr=0.01, momentum=0.9)
 
-    def run(n):
-        for i in range(n):
-            index = slice((i % 4) * batch, (i % 4 + 1) * batch)
-            x = x_all[index].contiguous(memory_format=torch.channels_last) if channels_last else x_all[index]
-            train_step(objective, net, net, optimizer, x, y_all[index], bf16, compiled=mode is not None)
-        if device.type == "cuda":
+    def step(i):
+        index = slice((i % 4) * batch, (i % 4 + 1) * batch)
+        train_step(objective, net, net, optimizer, x_all[index], y_all[index], bf16, compiled=frozen)
+    return step, flops
+
+
+def seconds_per_step(step, device, steps: int, warmup: int) -> float:
+    """Mean time of `steps` steps after `warmup` (allocator, kernels, compilation, CUDA graph recording)."""
+    def run(first, n):
+        for i in range(first, first + n):
+            step(i)
+        if torch.device(device).type == "cuda":
             torch.cuda.synchronize(device)
 
-    run(3 if not mode else 8)  # warm-up (and compilation, CUDA graph recording)
+    run(0, warmup)
     started = time.perf_counter()
-    run(steps)
-    return batch * steps / (time.perf_counter() - started), flops
+    run(warmup, steps)
+    return (time.perf_counter() - started) / steps
+
+
+def images_per_second(model_name, shape, batch, steps, device, bf16, channels_last, compile) -> tuple[float, float]:
+    """(images/s, FLOPs per image) of `steps` timed vAFT PGD-10 steps in raygap's way for these settings."""
+    mode = compile_mode(compile, torch.device(device), world=1)
+    step, flops = make_step(model_name, shape, batch, device, bf16, channels_last, mode, frozen=mode is not None)
+    return batch / seconds_per_step(step, device, steps, warmup=8 if mode else 3), flops
 
 
 def _worker(args, queue):

@@ -9,8 +9,9 @@ run use every core (the worker asks for all CPUs); the 2-worker run gives each w
 
 Second table: the default AFD search (two trials at a time, one CPU each) with `--trials` trials of
 `--epochs` epochs and no early stopping, whose trials train in the Tune trial's own process
-(train.workers=0, the default) or as 1-worker Ray Train runs. A trial's overhead is its time from start to end in the trials table minus its epochs' time:
-starting its processes, loading data and model, checkpoints, the export. The last column is that
+(train.workers=0, the default) or as 1-worker Ray Train runs. A trial's overhead is its time from
+start to end in the trials table minus its epochs' time: starting its processes, loading data and
+model, checkpoints, the export. The last column is that
 overhead as a share of a trial whose epochs take one minute.
 """
 

@@ -134,20 +134,27 @@ def test_compile_mode_follows_the_device():
 
 
 def test_compiled_step_matches_the_eager_one(batch):
-    """train.compile's path: the attack runs compiled on frozen weights, which are trainable again after it;
-    the loss and the updated weights equal the eager step's."""
+    """train.compile's path: the attack runs compiled on frozen weights (eager, on trainable ones), which
+    are trainable again after it; the loss and the updated weights equal the eager step's."""
     _, path, x, y = batch
     steps = []
     for compiled in (False, True):
         torch.manual_seed(0)  # the same random start of the attack
         objective = afd_objective(path)
         module = objective.module
+        attack, weights_trainable_in_attack = objective.attack, []
+
+        def watched_attack(model, *args, **kwargs):
+            weights_trainable_in_attack.append(any(p.requires_grad for p in module.parameters()))
+            return attack(model, *args, **kwargs)
+        objective.attack = watched_attack
         trainable = [p.requires_grad for p in module.parameters()]
         before = [p.detach().clone() for p in module.parameters()]
         net = torch.compile(module, mode=compile_mode("true", x.device, 1)) if compiled else module
         optimizer = torch.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=0.05)
         parts = train_step(objective, net, net, optimizer, x, y, bf16=False, compiled=compiled)
         assert [p.requires_grad for p in module.parameters()] == trainable
+        assert weights_trainable_in_attack == [not compiled]  # compiled: no weight gradients in the attack
         assert any(not torch.equal(b, p) for b, p in zip(before, module.parameters())), "the step updated nothing"
         steps.append((parts["loss"].detach(), [p.detach().clone() for p in module.parameters()]))
     (eager_loss, eager_weights), (compiled_loss, compiled_weights) = steps
