@@ -15,8 +15,9 @@ import pandas as pd
 
 from raygap import results
 
-# The test-split accuracy that marks finalists, strongest attack first.
-FINAL_ATTACKS = ["autoattack", "cw", "pgd20", "pgd10", "fgsm"]
+# The test-split accuracy that marks finalists, strongest first: the per-example worst case over every
+# final attack, then single attacks (columns of raygap.tune's finalists, or of older tables).
+FINAL_ATTACKS = ["robust", "autoattack", "apgd_t", "apgd_ce", "cw", "pgd50", "pgd20", "pgd10", "fgsm"]
 STATUS_MARKERS = {"completed": "o", "stopped_early": "v", "failed": "x", "running": "."}
 
 

@@ -79,10 +79,27 @@ class TrainConfig:
 
 
 @dataclass
+class ModelInfoConfig:
+    """RobustBench model_info fields that raygap cannot know (eval.format=robustbench); empty ones are left
+    in the file for you to fill in."""
+
+    link: str = ""  # the paper's URL
+    name: str = ""  # the paper's title
+    authors: str = ""
+    venue: str = ""  # e.g. "AAAI 2025"
+    additional_data: bool = False  # raygap trains on the data set alone
+    reported: str = ""  # the paper's robust accuracy in percent; empty: the AutoAttack accuracy measured here
+    footnote: str = ""  # written only when given
+    unreliable: bool = False
+
+
+@dataclass
 class EvalConfig:
     attacks: List[str] = field(default_factory=lambda: ["clean", "fgsm", "pgd20", "cw", "autoattack"])
-    n: int = 1000  # test examples evaluated; 0 = all
+    n: int = 1000  # the first n test examples; 0 = all
     out: str = ""  # JSON path; empty: eval.json beside the checkpoint
+    format: str = "raygap"  # raygap (the JSON) or robustbench (also RobustBench's model_info beside it)
+    info: ModelInfoConfig = field(default_factory=ModelInfoConfig)
     eps: float = SI("${data.eps}")
     norm: str = "linf"
     batch_size: int = 500
@@ -295,6 +312,10 @@ def validate(cfg: DictConfig) -> None:
                  f"({t.batch_size}) must be at least the number of workers ({t.workers})")
     for name in list(cfg.eval.attacks) + [cfg.eval.val_attack]:
         make_attack(name, eps=cfg.eval.eps, norm=cfg.eval.norm)
+    _require(cfg.eval.format in ("raygap", "robustbench"), "eval.format",
+             f"'{cfg.eval.format}' is unknown; choose raygap or robustbench")
+    _require(cfg.eval.format != "robustbench" or "autoattack" in cfg.eval.attacks, "eval.format",
+             "=robustbench reports the standard AutoAttack: add autoattack to eval.attacks")
     _require(cfg.eval.n >= 0 and cfg.eval.val_n >= 0, "eval.n", "and eval.val_n must be >= 0 (0 = all)")
     _require(cfg.eval.batch_size >= 1, "eval.batch_size", "must be >= 1")
     _require(cfg.method.name in METHODS, "method", f"'{cfg.method.name}' is unknown; choose one of: {', '.join(METHODS)}")

@@ -1,19 +1,24 @@
 """Robust evaluation of a checkpoint: `python -m raygap.evaluate checkpoint=PATH eval.attacks=[...] eval.n=N`.
 
-Prints a table and writes a RobustBench-style JSON with `clean_acc` and one `<attack>_acc` per attack.
+Evaluates the exported model in eval mode and fp32 on the first `eval.n` examples of the test split,
+prints a table and writes a JSON: clean accuracy, each attack's own accuracy, and `robust_acc`, the
+per-example worst case over every attack run (an example counts only if it is classified correctly,
+and correctly under each attack, as RobustBench and AutoAttack count). With `eval.format=robustbench` it also writes
+RobustBench's `model_info` JSON beside it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 
 from raygap import checkpoint as ckpt
 from raygap import data, storage
-from raygap.attacks import make_attack
+from raygap.attacks import AutoAttackWarnings, accuracy_key, describe, make_attack
 from raygap.errors import UserError
 
 
@@ -21,10 +26,10 @@ def autocast(device: torch.device, bf16: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
 
-def correct_count(model, split: data.Split, attack, batch_size: int, bf16: bool = False) -> torch.Tensor:
-    """How many examples of `split` `model` classifies correctly after `attack` (None: clean), as a tensor."""
+def correct_mask(model, split: data.Split, attack, batch_size: int, bf16: bool = False) -> torch.Tensor:
+    """Which examples of `split` `model` classifies correctly after `attack` (None: clean): a bool tensor."""
     device = next(model.parameters()).device
-    correct = torch.zeros((), dtype=torch.long, device=device)
+    correct = []
     for start in range(0, len(split), batch_size):
         x = data.to_float(split.x[start:start + batch_size].to(device))
         y = split.y[start:start + batch_size].to(device)
@@ -32,8 +37,75 @@ def correct_count(model, split: data.Split, attack, batch_size: int, bf16: bool 
             if attack is not None:
                 x = attack(model, x, y)
             with torch.no_grad():
-                correct += (model(x).argmax(1) == y).sum()
-    return correct
+                correct.append(model(x).argmax(1) == y)
+    return torch.cat(correct) if correct else torch.zeros(0, dtype=torch.bool, device=device)
+
+
+def correct_count(model, split: data.Split, attack, batch_size: int, bf16: bool = False) -> torch.Tensor:
+    """How many examples of `split` `model` classifies correctly after `attack` (None: clean), as a tensor."""
+    return correct_mask(model, split, attack, batch_size, bf16).sum()
+
+
+def worst_case(model, split: data.Split, attacks: dict, batch_size: int, seed: int, progress=print) -> dict:
+    """Each attack's own accuracy and the per-example worst case over all of them.
+
+    attacks: {name: attack or None (clean)}. An example the model gets wrong unattacked is wrong under
+    every attack, so each attack runs only on the examples classified correctly (AutoAttack's own
+    attacks, inside it, only on those still robust). Every attack starts from `seed`, so its figure does
+    not depend on which attacks ran before it. Returns {"accuracy": {name: fraction}, "robust": fraction
+    of examples correct under every attack, "seconds": {name: s}, "attacked": count}.
+    """
+    clean = correct_mask(model, split, None, batch_size).cpu()
+    index = clean.nonzero().squeeze(1)
+    attacked = data.Split(split.x[index], split.y[index])
+    robust = clean.clone()
+    report = {"accuracy": {}, "seconds": {}, "attacked": len(index)}
+    progress(f"  attacking the {len(index)} of {len(split)} examples classified correctly")
+    for name, attack in attacks.items():
+        torch.manual_seed(seed)
+        start = time.perf_counter()
+        survived = clean.clone()
+        if attack is not None:
+            survived[index] = correct_mask(model, attacked, attack, batch_size).cpu()
+        robust &= survived
+        report["accuracy"][name] = survived.sum().item() / len(split)
+        report["seconds"][name] = time.perf_counter() - start
+        progress(f"  {name:<12} {100 * report['accuracy'][name]:6.2f}%   ({report['seconds'][name]:.1f} s)")
+    report["robust"] = robust.sum().item() / len(split)
+    return report
+
+
+@contextmanager
+def full_fp32():
+    """fp32 arithmetic throughout: on CUDA, PyTorch would run fp32 convolutions in TF32 (10-bit mantissa)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+ARCHITECTURES = {"resnet18": "ResNet-18", "preact_resnet18": "PreActResNet-18", "wrn34_10": "WideResNet-34-10",
+                 "smallcnn": "SmallCNN"}
+
+
+def model_info(result: dict, info) -> dict:
+    """RobustBench's model_info JSON for `result`, its keys in the order of their files; `info` holds what
+    raygap cannot know (link, name, authors, venue: empty until given) and may override the rest."""
+    def percent(fraction: float) -> str:
+        return f"{100 * fraction:.2f}"
+
+    fraction = result["eps"] * 255
+    eps = f"{round(fraction)}/255" if result["threat_model"] == "Linf" and math.isclose(fraction, round(fraction)) \
+        else f"{result['eps']:g}"
+    return {"link": info.link, "name": info.name, "authors": info.authors, "additional_data": info.additional_data,
+            "number_forward_passes": 1,  # an exported raygap model is one deterministic forward pass
+            "dataset": result["dataset"], "venue": info.venue,
+            "architecture": ARCHITECTURES.get(result["architecture"], result["architecture"]), "eps": eps,
+            "clean_acc": percent(result["clean_acc"]), "reported": info.reported or percent(result["autoattack_acc"]),
+            **({"footnote": info.footnote} if info.footnote else {}),
+            "autoattack_acc": percent(result["autoattack_acc"]), "unreliable": info.unreliable}
 
 
 def run(cfg) -> dict:
@@ -41,7 +113,7 @@ def run(cfg) -> dict:
     if not cfg.checkpoint:
         raise UserError("give the checkpoint to evaluate: checkpoint=PATH")
     path = storage.absolute(cfg.checkpoint)
-    model, payload = ckpt.load(path)
+    model, payload = ckpt.load(path)  # eval mode, fp32
     dataset = data.load(cfg.data)
     arch = payload["arch"]
     ckpt.check_compatible(arch, path, arch["model"], dataset.in_shape, dataset.num_classes)
@@ -49,36 +121,50 @@ def run(cfg) -> dict:
     model = model.to(device).requires_grad_(False)
     test = dataset.test
     n = min(cfg.eval.n or len(test), len(test))
+    if cfg.eval.n > len(test):
+        print(f"eval.n={cfg.eval.n} is more than the {len(test)} test examples of {cfg.data.name}: "
+              f"evaluating all {len(test)}", flush=True)
     subset = data.Split(test.x[:n], test.y[:n])
-    torch.manual_seed(cfg.eval.seed)
-    result = {"architecture": arch["model"], "checkpoint": path, "dataset": cfg.data.name, "threat_model":
-              {"linf": "Linf", "l2": "L2"}[cfg.eval.norm], "eps": cfg.eval.eps, "n_examples": n,
-              "method": payload["config"].get("method", {}).get("name", ""), "seconds": {}}
-    print(f"evaluating {path} on {n} test examples of {cfg.data.name}, {result['threat_model']} "
-          f"eps={cfg.eval.eps:.4g}", flush=True)
-    rows = []
-    for name in cfg.eval.attacks:
-        attack = make_attack(name, eps=cfg.eval.eps, norm=cfg.eval.norm, num_classes=dataset.num_classes)
-        start = time.perf_counter()
-        accuracy = correct_count(model, subset, attack, cfg.eval.batch_size).item() / n
-        seconds = time.perf_counter() - start
-        result[f"{name}_acc"] = accuracy
-        result["seconds"][name] = round(seconds, 2)
-        rows.append((name, accuracy, seconds))
-        print(f"  {name:<12} {100 * accuracy:6.2f}%   ({seconds:.1f} s)", flush=True)
-    robust = [acc for name, acc, _ in rows if name != "clean"]
-    if robust:
-        result["robust_acc"] = min(robust)  # the worst case over the attacks run, as RobustBench reports
+    attacks = {name: make_attack(name, eps=cfg.eval.eps, norm=cfg.eval.norm, num_classes=dataset.num_classes,
+                                 seed=cfg.eval.seed) for name in dict.fromkeys(["clean", *cfg.eval.attacks])}
+    method = payload.get("meta", {}).get("method") or payload["config"]["method"]["name"]
+    result = {"architecture": arch["model"], "checkpoint": path, "method": method, "dataset": cfg.data.name,
+              "threat_model": {"linf": "Linf", "l2": "L2"}[cfg.eval.norm], "eps": cfg.eval.eps, "n_examples": n,
+              "precision": "fp32", "seed": cfg.eval.seed,
+              "attacks": {name: describe(attack) for name, attack in attacks.items()}}
+    print(f"evaluating {path} ({method}) on the first {n} test examples of {cfg.data.name}, "
+          f"{result['threat_model']} eps={cfg.eval.eps:.4g}, fp32", flush=True)
+    with full_fp32(), AutoAttackWarnings() as warnings:
+        report = worst_case(model, subset, attacks, cfg.eval.batch_size, cfg.eval.seed,
+                            progress=lambda line: print(line, flush=True))
+    result.update({accuracy_key(name): acc for name, acc in report["accuracy"].items()})
+    result["robust_acc"] = report["robust"]
+    result["attacked"] = report["attacked"]
+    result["seconds"] = {name: round(s, 2) for name, s in report["seconds"].items()}
+    result["warnings"] = warnings
+    print(f"  {'robust':<12} {100 * result['robust_acc']:6.2f}%   (per example, the worst case over "
+          f"{', '.join(attacks)})", flush=True)
+    for warning in warnings:
+        print(f"  warning (AutoAttack's checks): {warning}", flush=True)
     out = cfg.eval.out or storage.join(path.rsplit("/", 1)[0], "eval.json")
     storage.write_bytes(out, json.dumps(result, indent=2).encode())
     result["out"] = out
+    if cfg.eval.format == "robustbench":
+        info_path = out.removesuffix(".json") + ".model_info.json"
+        storage.write_bytes(info_path, (json.dumps(model_info(result, cfg.eval.info), indent=2) + "\n").encode())
+        missing = [key for key in ("link", "name", "authors", "venue") if not cfg.eval.info[key]]
+        print(f"RobustBench model_info: {info_path}" + (f" (fill in {', '.join(missing)}, or give them as "
+              f"eval.info.<key>=...)" if missing else ""), flush=True)
+        if n < len(test):
+            print(f"  note: RobustBench reports the whole test split; this is the first {n} of {len(test)} "
+                  f"(eval.n=0 for all)", flush=True)
     return result
 
 
 def main():
     from raygap.cli import entry_point
 
-    entry_point(run, last_line=lambda result: result["out"])
+    entry_point(run, last_line=lambda result: result["out"], doc=__doc__)
 
 
 if __name__ == "__main__":

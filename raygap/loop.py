@@ -296,7 +296,8 @@ def train_loop(job: dict, context=None) -> dict | None:
     module = objective.module.to(device)
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
-    val_attack = make_attack(cfg.eval.val_attack, eps=cfg.eval.eps, norm=cfg.eval.norm)
+    val_attack = make_attack(cfg.eval.val_attack, eps=cfg.eval.eps, norm=cfg.eval.norm,
+                             num_classes=dataset.num_classes, seed=cfg.eval.seed)
 
     per_worker_batch = max(1, t.batch_size // world)
     epoch_len = len(train_split) - len(train_split) % world  # equal shards, so DDP ranks stay in step

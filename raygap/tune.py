@@ -25,6 +25,7 @@ from omegaconf import OmegaConf
 from ray.tune import Callback
 
 from raygap import results, storage
+from raygap.attacks import accuracy_key
 from raygap.config import as_dict, digest
 from raygap.errors import StorageError, UserError
 
@@ -110,8 +111,13 @@ def trials_schema(cfg):
               ("wall_seconds", pa.float64()), ("gpu_seconds", pa.float64()), ("cpu_seconds", pa.float64()),
               ("started_at", pa.float64()), ("ended_at", pa.float64()), ("model_path", pa.string()),
               ("finalist", pa.bool_()), ("params", pa.string()), ("config", pa.string())]
-    fields += [(f"test_{a}_acc", pa.float64()) for a in cfg.final_eval.attacks]
+    fields += [(column, pa.float64()) for column in test_columns(cfg)]
     return pa.schema(fields + list(results.config_fields()))
+
+
+def test_columns(cfg) -> list[str]:
+    """The finalists' test-split columns: clean, each final attack's own accuracy, and the per-example worst case."""
+    return [f"test_{accuracy_key(a)}" for a in dict.fromkeys(["clean", *cfg.final_eval.attacks])] + ["test_robust_acc"]
 
 
 class Recorder(Callback):
@@ -389,14 +395,15 @@ def finalists(cfg, experiment_dir: str) -> None:
         return
     objective = cfg.tune.objectives[0]
     done = frame[frame.status == "completed"].sort_values(objective.metric, ascending=objective.mode == "min")
-    columns = [f"test_{a}_acc" for a in cfg.final_eval.attacks]
+    columns = test_columns(cfg)
     for row in done.head(cfg.final_eval.top_k).to_dict("records"):
         if row.get("finalist") and all(row.get(c) is not None and row[c] == row[c] for c in columns):
             continue
         print(f"[search] evaluating finalist {row['trial_id']} on the test split: {', '.join(cfg.final_eval.attacks)}",
               flush=True)
         overrides = {"checkpoint": row["model_path"], "eval": {**as_dict(cfg.eval), "attacks": list(cfg.final_eval.attacks),
-                     "n": cfg.final_eval.n, "out": storage.join(experiment_dir, "runs", row["trial_id"], "final_eval.json")}}
+                     "n": cfg.final_eval.n, "format": "raygap",
+                     "out": storage.join(experiment_dir, "runs", row["trial_id"], "final_eval.json")}}
         trial_cfg = OmegaConf.merge(OmegaConf.create(json.loads(row["config"])), overrides)
         task = ray.remote(num_cpus=cfg.train.cpus_per_worker, num_gpus=cfg.train.gpus_per_worker)(_evaluate)
         result, table = ray.get(task.remote(trial_cfg))

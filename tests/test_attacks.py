@@ -42,9 +42,9 @@ def test_natural_model_accuracy_orders_the_attacks(model_and_test):
     eps = cfg.eval.eps
     split = data.Split(test.x[:200], test.y[:200])
     torch.manual_seed(0)
-    acc = {name: correct_count(model, split, make_attack(name, eps=eps, num_classes=10), 200).item() / len(split)
-           for name in ("clean", "fgsm", "pgd20", "autoattack")}
+    acc = {name: correct_count(model, split, make_attack(name, eps=eps), 200).item() / len(split)
+           for name in ("clean", "fgsm", "pgd20")}
     assert acc["clean"] >= 0.95
-    assert acc["autoattack"] <= acc["pgd20"] <= acc["fgsm"] < acc["clean"]
+    assert acc["pgd20"] <= acc["fgsm"] < acc["clean"]
     large = correct_count(model, split, make_attack("pgd20", eps=0.5), 200).item() / len(split)
     assert large <= 0.05
