@@ -9,7 +9,8 @@ warm-up:
 - raygap: `raygap.loop.train_step`, the step the training loop runs, for each method;
 - plain PyTorch PGD-AT: the obvious loop, whose attack steps call `loss.backward()` on the model (and so
   also compute every weight gradient, k times);
-- torchattacks PGD-AT: torchattacks' PGD for the attack, then the same training update;
+- torchattacks PGD-AT: torchattacks' PGD for the attack, then the same training update (when torchattacks
+  is installed: it is not a dependency, since it pins requests 2.25; `pip install --no-deps torchattacks`);
 - the lean bound of each method: the passes it cannot avoid, each timed alone here on the plain
   classifier (k forward + input-gradient passes, the attack's extra clean forwards, the loss's forward
   + full backward pairs, a frozen teacher's forwards, one optimiser step), summed with the counts the
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import statistics
 import time
 
@@ -178,7 +180,10 @@ def main():
         step = lambda: train_step(objective, net, net, optimizer, x, y, args.bf16, compiled=mode is not None)  # noqa: E731
         rows.append((f"raygap {name}", timed(step), bound))
     _, vaft, vaft_bound = next(row for row in rows if row[0] == "raygap vaft")
-    for label, make in [("plain PyTorch PGD-AT", plain_pgd_at), ("torchattacks PGD-AT", torchattacks_pgd_at)]:
+    peers = [("plain PyTorch PGD-AT", plain_pgd_at)]
+    if importlib.util.find_spec("torchattacks"):
+        peers.append(("torchattacks PGD-AT", torchattacks_pgd_at))
+    for label, make in peers:
         model = copy.deepcopy(natural)
         rows.append((label, timed(make(model, sgd(model), x, y, args.eps, alpha, args.steps, args.bf16)), vaft_bound))
 

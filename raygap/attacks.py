@@ -1,8 +1,10 @@
 """Adversarial attacks: `attack(model, x, y) -> x_adv` for inputs in [0, 1].
 
-Every gradient step differentiates with respect to the input only (`torch.autograd.grad`), so no
-weight gradient is ever computed: one attack step costs a forward and an input-gradient backward.
-Attacks do not change the model's train/eval mode; callers put it in eval mode first.
+raygap's own attacks (FGSM, PGD, CW) differentiate with respect to the input only
+(`torch.autograd.grad`), so no weight gradient is ever computed: one attack step costs a forward and an
+input-gradient backward. AutoAttack's FAB calls `backward()`, so evaluated models have their weights
+frozen (`requires_grad_(False)`). Attacks do not change the model's train/eval mode; callers put it in
+eval mode first.
 """
 
 from __future__ import annotations

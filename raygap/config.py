@@ -316,6 +316,8 @@ def validate(cfg: DictConfig) -> None:
              f"'{cfg.eval.format}' is unknown; choose raygap or robustbench")
     _require(cfg.eval.format != "robustbench" or "autoattack" in cfg.eval.attacks, "eval.format",
              "=robustbench reports the standard AutoAttack: add autoattack to eval.attacks")
+    _require(not cfg.eval.info.reported or _is_percent(cfg.eval.info.reported), "eval.info.reported",
+             f"must be a percentage such as 47.40, got '{cfg.eval.info.reported}'")
     _require(cfg.eval.n >= 0 and cfg.eval.val_n >= 0, "eval.n", "and eval.val_n must be >= 0 (0 = all)")
     _require(cfg.eval.batch_size >= 1, "eval.batch_size", "must be >= 1")
     _require(cfg.method.name in METHODS, "method", f"'{cfg.method.name}' is unknown; choose one of: {', '.join(METHODS)}")
@@ -326,6 +328,13 @@ def validate(cfg: DictConfig) -> None:
              f"'{cfg.name}' must be letters, digits, '.', '_' or '-' (no '/' or '..'), so it stays inside storage")
     _require(cfg.name not in (".", ".."), "name", "cannot be '.' or '..'")
     _require(bool(cfg.storage), "storage", "must not be empty")
+
+
+def _is_percent(text: str) -> bool:
+    try:
+        return 0 <= float(text) <= 100
+    except ValueError:
+        return False
 
 
 SEARCH_METRICS = ("robust_acc", "clean_acc", "loss")

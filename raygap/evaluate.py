@@ -3,8 +3,8 @@
 Evaluates the exported model in eval mode and fp32 on the first `eval.n` examples of the test split,
 prints a table and writes a JSON: clean accuracy, each attack's own accuracy, and `robust_acc`, the
 per-example worst case over every attack run (an example counts only if it is classified correctly,
-and correctly under each attack, as RobustBench and AutoAttack count). With `eval.format=robustbench` it also writes
-RobustBench's `model_info` JSON beside it.
+unattacked and under each attack, as RobustBench and AutoAttack count). With `eval.format=robustbench`
+it also writes RobustBench's `model_info` JSON beside it.
 """
 
 from __future__ import annotations
@@ -103,7 +103,8 @@ def model_info(result: dict, info) -> dict:
             "number_forward_passes": 1,  # an exported raygap model is one deterministic forward pass
             "dataset": result["dataset"], "venue": info.venue,
             "architecture": ARCHITECTURES.get(result["architecture"], result["architecture"]), "eps": eps,
-            "clean_acc": percent(result["clean_acc"]), "reported": info.reported or percent(result["autoattack_acc"]),
+            "clean_acc": percent(result["clean_acc"]),
+            "reported": f"{float(info.reported):.2f}" if info.reported else percent(result["autoattack_acc"]),
             **({"footnote": info.footnote} if info.footnote else {}),
             "autoattack_acc": percent(result["autoattack_acc"]), "unreliable": info.unreliable}
 

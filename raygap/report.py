@@ -42,7 +42,8 @@ def run(cfg) -> str:
             f"<h1>{html.escape(experiment_dir)}</h1>",
             f"<p>{len(trials)} trials ({counts}); cost {trials.cpu_seconds.sum():.0f} CPU-seconds, "
             f"{trials.gpu_seconds.sum():.0f} GPU-seconds. Validation accuracy at the last epoch; test_* columns "
-            f"on the test split (finalists only).</p>",
+            f"on the test split (finalists only): each final attack's accuracy, and test_robust_acc, the per-example "
+            f"worst case over all of them.</p>",
             "<h2>Leaderboard</h2>", board.head(20).to_html(**table),
             "<h2>Pareto front of clean vs robust accuracy</h2>", analysis.pareto_front(trials)[board.columns].to_html(**table),
             *(f"<h2>{name.replace('_', ' ')}</h2><img src='{name}.png'>" for name in images), "</body></html>"]

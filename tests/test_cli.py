@@ -25,6 +25,7 @@ BAD = [
     (["eval.eps=2"], "covers the whole [0, 1] pixel range"),
     (["eval.format=csv"], "eval.format 'csv' is unknown; choose raygap or robustbench"),
     (["eval.format=robustbench", "eval.attacks=[clean,pgd20]"], "add autoattack to eval.attacks"),
+    (["eval.info.reported=high"], "eval.info.reported must be a percentage such as 47.40"),
 ]
 
 

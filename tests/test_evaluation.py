@@ -12,6 +12,7 @@ from torch import nn
 from conftest import run_cli
 from raygap import checkpoint, data
 from raygap.attacks import AUTOATTACK, AutoAttackWarnings, make_attack, standard_autoattack
+from raygap.config import ModelInfoConfig
 from raygap.evaluate import model_info, worst_case
 
 ATTACKS = ["clean", "fgsm", "pgd20", "cw", "apgd-ce", "apgd-t", "autoattack"]
@@ -118,10 +119,9 @@ def test_model_info_is_robustbench_format(evaluated):
     # read as RobustBench's list_available_models reads its files
     assert float(info["autoattack_acc"]) / 100 == pytest.approx(result["autoattack_acc"], abs=5e-5)
     assert float(info["clean_acc"]) / 100 == pytest.approx(result["clean_acc"], abs=5e-5)
+    # a CIFAR-10 figure, with the paper's reported number as the command line gives it (a float)
     cifar = model_info({**result, "dataset": "cifar10", "architecture": "wrn34_10", "eps": 8 / 255},
-                       type("Info", (), {"link": "https://arxiv.org/abs/2401.14707", "name": "AFD", "authors": "",
-                                         "venue": "AAAI 2025", "additional_data": False, "reported": "47.40",
-                                         "footnote": "", "unreliable": False})())
+                       ModelInfoConfig(name="AFD", venue="AAAI 2025", reported="47.4"))
     assert (cifar["eps"], cifar["architecture"], cifar["reported"]) == ("8/255", "WideResNet-34-10", "47.40")
 
 

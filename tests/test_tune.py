@@ -49,6 +49,8 @@ def test_small_search_writes_one_row_per_epoch_and_per_trial(small_search, natur
     # the finalist was evaluated on the test split and the Optuna study is readable without Ray
     finalist = trials[trials.finalist == True]  # noqa: E712
     assert len(finalist) == 1 and finalist.test_pgd20_acc.iloc[0] < finalist.test_clean_acc.iloc[0]
+    # PGD-20 attacks only what the model classifies correctly: the worst case over clean and PGD-20 is PGD-20's
+    assert finalist.test_robust_acc.iloc[0] == finalist.test_pgd20_acc.iloc[0]
     study = optuna.load_study(study_name="small", storage=f"sqlite:///{tmp_path}/small/optuna.db")
     assert len(study.trials) == 4
     assert "leaderboard" in proc.stdout and "Pareto front" in proc.stdout
