@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from raygap.errors import UserError
 
 Attack = Callable[[Callable, torch.Tensor, torch.Tensor], torch.Tensor]
-NORMS = ("linf", "l2")
+NORMS = {"linf": "Linf", "l2": "L2"}  # raygap's names, and AutoAttack's and RobustBench's
 
 
 def cross_entropy(logits, y):
@@ -85,7 +85,6 @@ def pgd(model, x, y, *, eps: float, step_size: float, steps: int, norm: str = "l
 # The attacks of the standard AutoAttack in its order, named as in the authors' code. Each is also an
 # evaluation name of its own, at the standard version's settings, and `autoattack` runs all four.
 AUTOATTACK = ("apgd-ce", "apgd-t", "fab-t", "square")
-TARGET_CLASSES = 9  # the standard version's, for APGD-T and FAB-T
 
 
 def accuracy_key(name: str) -> str:
@@ -113,9 +112,10 @@ def standard_autoattack(model, *, eps: float, norm: str, num_classes: int, seed:
     One departure, only where it must: a data set with fewer than 10 classes has fewer than 9 other
     classes to target, so APGD-T and FAB-T target all of them (the authors' code would fail).
     """
-    driver = _pyautoattack().AutoAttack(model, eps=eps, norm={"linf": "Linf", "l2": "L2"}[norm], seed=seed,
+    driver = _pyautoattack().AutoAttack(model, eps=eps, norm=NORMS[norm], seed=seed,
                                         device=device, version="standard")
-    driver.apgd_targeted.n_target_classes = driver.fab.n_target_classes = min(TARGET_CLASSES, num_classes - 1)
+    targets = min(driver.apgd_targeted.n_target_classes, num_classes - 1)  # the standard 9 where there are 10+
+    driver.apgd_targeted.n_target_classes = driver.fab.n_target_classes = targets
     driver.attacks_to_run = list(attacks)
     return driver
 

@@ -18,7 +18,7 @@ import torch
 
 from raygap import checkpoint as ckpt
 from raygap import data, storage
-from raygap.attacks import AutoAttackWarnings, accuracy_key, describe, make_attack
+from raygap.attacks import NORMS, AutoAttackWarnings, accuracy_key, describe, make_attack
 from raygap.errors import UserError
 
 
@@ -130,7 +130,7 @@ def run(cfg) -> dict:
                                  seed=cfg.eval.seed) for name in dict.fromkeys(["clean", *cfg.eval.attacks])}
     method = payload.get("meta", {}).get("method") or payload["config"]["method"]["name"]
     result = {"architecture": arch["model"], "checkpoint": path, "method": method, "dataset": cfg.data.name,
-              "threat_model": {"linf": "Linf", "l2": "L2"}[cfg.eval.norm], "eps": cfg.eval.eps, "n_examples": n,
+              "threat_model": NORMS[cfg.eval.norm], "eps": cfg.eval.eps, "n_examples": n,
               "precision": "fp32", "seed": cfg.eval.seed,
               "attacks": {name: describe(attack) for name, attack in attacks.items()}}
     print(f"evaluating {path} ({method}) on the first {n} test examples of {cfg.data.name}, "

@@ -1,6 +1,5 @@
 """Bad input through the real command line: one clear line on stderr, exit status 2, nothing written."""
 
-
 import pytest
 
 from conftest import run_cli
