@@ -17,8 +17,7 @@ FORMAT = "raygap-classifier-1"
 
 
 def arch_of(model: Classifier, name: str, in_shape) -> dict:
-    neck = model.neck
-    neck_width = 0 if isinstance(neck, torch.nn.Identity) else model.feature_dim
+    neck_width = getattr(model.neck, "width", 0)  # DRRDN's d_s; Identity otherwise
     return {"model": name, "in_shape": list(in_shape), "num_classes": model.head.out_features,
             "neck_width": neck_width}
 

@@ -61,8 +61,8 @@ class TrainConfig:
     batch_size: int = 128  # global batch: each of N workers takes batch_size / N
     lr: float = 0.025
     momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "step"  # step (x lr_decay at each milestone), cosine or constant
+    weight_decay: float = 5e-4  # AFD's official update applies it twice to all but D2 (methods/afd.py)
+    schedule: str = "step"  # step (x lr_decay at each milestone), afd (the official AFD schedule), cosine, constant
     milestones: List[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of training
     lr_decay: float = 0.1
     ema: bool = True  # evaluate and export the weight EMA (decay min(ema_decay, (t+1)/(t+10)))
@@ -172,6 +172,8 @@ class RaygapConfig:
     name: str = ""  # experiment name; empty: derived from the config, so a re-run finds its run again
     checkpoint: str = ""  # the checkpoint to evaluate
     pretrained: str = ""  # start fine-tuning from this checkpoint instead of the cached natural model
+    init: str = "auto"  # the start of train: auto (the method's own: random weights for natural and pgd_at,
+    # the natural pre-trained model for the others), pretrained, or scratch (the from-scratch recipes)
 
 
 def config_dir() -> Path:
@@ -181,6 +183,13 @@ def config_dir() -> Path:
         if candidate.is_dir():
             return candidate
     raise UserError(f"cannot find the search_spaces/ config folder next to {here}")
+
+
+def method_defaults(data_name: str, method_name: str) -> dict:
+    """A method's defaults for one data set, `search_spaces/data_method/<data>_<method>.yaml` (Hydra
+    composes it into `method`; a trial whose method is searched gets it here), {} when there is none."""
+    path = config_dir() / "data_method" / f"{data_name}_{method_name}.yaml"
+    return OmegaConf.to_container(OmegaConf.load(path)).get("method", {}) if path.is_file() else {}
 
 
 def _register():
@@ -262,6 +271,8 @@ def _require(ok: bool, key: str, why: str):
         raise UserError(f"bad config: {key} {why}")
 
 
+SCHEDULES = ("step", "afd", "cosine", "constant")
+INITS = ("auto", "pretrained", "scratch")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -269,7 +280,7 @@ def validate(cfg: DictConfig) -> None:
     """Range checks that types cannot express; raises UserError with one line naming the key."""
     from raygap.attacks import NORMS, make_attack
     from raygap.data import DATASETS
-    from raygap.methods import METHODS
+    from raygap.methods import METHODS, params_of
     from raygap.models import BACKBONES
 
     _require(cfg.data.name != "npz" or bool(cfg.data.path), "data.path", "is required for data=npz: the .npz file")
@@ -297,7 +308,7 @@ def validate(cfg: DictConfig) -> None:
         _require(t.lr > 0 and math.isfinite(t.lr), f"{node}.lr", f"must be > 0, got {t.lr}")
         _require(0 <= t.momentum < 1, f"{node}.momentum", "must lie in [0, 1)")
         _require(t.weight_decay >= 0, f"{node}.weight_decay", "must be >= 0")
-        _require(t.schedule in ("step", "cosine", "constant"), f"{node}.schedule", "must be step, cosine or constant")
+        _require(t.schedule in SCHEDULES, f"{node}.schedule", f"'{t.schedule}' is unknown; choose one of: {', '.join(SCHEDULES)}")
         _require(all(0 < m < 1 for m in t.milestones), f"{node}.milestones", "are fractions of training in (0, 1)")
         _require(0 < t.lr_decay <= 1, f"{node}.lr_decay", "must lie in (0, 1]")
         _require(0 < t.ema_decay < 1, f"{node}.ema_decay", "must lie in (0, 1)")
@@ -320,8 +331,9 @@ def validate(cfg: DictConfig) -> None:
              f"must be a percentage such as 47.40, got '{cfg.eval.info.reported}'")
     _require(cfg.eval.n >= 0 and cfg.eval.val_n >= 0, "eval.n", "and eval.val_n must be >= 0 (0 = all)")
     _require(cfg.eval.batch_size >= 1, "eval.batch_size", "must be >= 1")
+    _require(cfg.init in INITS, "init", f"'{cfg.init}' is unknown; choose one of: {', '.join(INITS)}")
     _require(cfg.method.name in METHODS, "method", f"'{cfg.method.name}' is unknown; choose one of: {', '.join(METHODS)}")
-    for key, why in METHODS[cfg.method.name].check(cfg.method):
+    for key, why in METHODS[cfg.method.name].check(params_of(cfg.method)):
         _require(False, f"method.{key}", why)
     _validate_tune(cfg)
     _require(cfg.name == "" or bool(NAME.fullmatch(cfg.name)), "name",

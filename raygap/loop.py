@@ -28,7 +28,7 @@ from raygap.attacks import make_attack
 from raygap.config import from_dict
 from raygap.errors import Diverged
 from raygap.evaluate import autocast, correct_count
-from raygap.methods import METHODS
+from raygap.methods import METHODS, params_of
 from raygap.models import build_model, forward_flops
 
 # Dense tensor-core peak FLOP/s (bf16, tf32) of common GPUs, for model FLOP utilisation (MFU). fp32 runs
@@ -74,11 +74,23 @@ class EMA:
 
 def lr_factor(t, progress: float) -> float:
     """The learning-rate multiplier at `progress` (0..1) of training for schedule `t.schedule`."""
+    if t.schedule == "afd":
+        return afd_lr_factor(progress)
     if t.schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * progress))
     if t.schedule == "step":
         return t.lr_decay ** sum(progress >= m for m in t.milestones)
     return 1.0
+
+
+def afd_lr_factor(progress: float) -> float:
+    """The official AFD schedule (`adjust_learning_rate` of changzhang777/AFD's tl+sl.py), stretched to
+    any length: of 20 epochs, epochs 1-10 at the full rate, x0.8 from epoch 11, halved from epochs 13,
+    15, 17 and 19. At 20 epochs it changes at epoch boundaries exactly as the official one does."""
+    epoch = progress * 20  # where this step lies on the official 20 epochs; epoch n spans [n - 1, n)
+    if epoch < 10 - 1e-9:
+        return 1.0
+    return 0.8 * 0.5 ** sum(epoch >= start - 1e-9 for start in (12, 14, 16, 18))
 
 
 class LocalContext:
@@ -214,10 +226,6 @@ def start_model(job: dict, dataset: data.Dataset) -> nn.Module:
     return build_model(cfg.model.name, dataset.in_shape, dataset.num_classes, dataset.mean, dataset.std)
 
 
-def _state_to(state, device):
-    return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in state.items()}
-
-
 def compile_mode(setting, device: torch.device, world: int) -> str | None:
     """torch.compile's mode for a `compile` setting (auto, true or false), None for eager.
 
@@ -289,7 +297,7 @@ def train_loop(job: dict, context=None) -> dict | None:
     a = cfg.attack
     attack = make_attack(a.name, eps=a.eps, norm=a.norm, steps=a.steps, step_size=a.step_size,
                          random_start=a.random_start)
-    params = cfg.method if method_name == cfg.method.name else method_module.Params()
+    params = params_of(cfg.method) if method_name == cfg.method.name else method_module.Params()
     objective = method_module.Objective(start_model(job, dataset), params, attack)
     if hasattr(objective, "teacher"):
         objective.teacher.to(device)
@@ -302,8 +310,7 @@ def train_loop(job: dict, context=None) -> dict | None:
     per_worker_batch = max(1, t.batch_size // world)
     epoch_len = len(train_split) - len(train_split) % world  # equal shards, so DDP ranks stay in step
     steps_per_epoch = math.ceil(epoch_len // world / per_worker_batch)
-    optimizer = torch.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=t.lr,
-                                momentum=t.momentum, weight_decay=t.weight_decay)
+    optimizer = torch.optim.SGD(objective.param_groups(t.weight_decay), lr=t.lr, momentum=t.momentum)
     total_steps = steps_per_epoch * t.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(t, step / total_steps))
     ema = EMA(module, t.ema_decay) if t.ema else None
@@ -332,6 +339,10 @@ def train_loop(job: dict, context=None) -> dict | None:
         history, start_epoch = state["history"], state["epoch"] + 1
 
     _test_out_of_memory(job)
+    # The starting model's clean accuracy, to tell a first epoch that wrecks it (too high a learning rate)
+    start_clean = None
+    if job.get("start") and start_epoch == 0:
+        start_clean = val_accuracy(module, val_shard, len(val), [None], cfg.eval.batch_size, bf16, world)[0]
     flops_per_image = forward_flops(objective.export(module), dataset.in_shape) * objective.passes(a.steps)
     peak = peak_flops(device, bf16) * world
     for epoch in range(start_epoch, t.epochs):
@@ -365,12 +376,12 @@ def train_loop(job: dict, context=None) -> dict | None:
             raise Diverged(reason)
 
         evaluated = ema.module if ema else module
-        evaluated.eval()
-        counts = torch.stack([correct_count(evaluated, val_shard, None, cfg.eval.batch_size, bf16),
-                              correct_count(evaluated, val_shard, val_attack, cfg.eval.batch_size, bf16)]).float()
-        if world > 1:
-            dist.all_reduce(counts)
-        clean_acc, robust_acc = (counts / len(val)).tolist()
+        clean_acc, robust_acc = val_accuracy(evaluated, val_shard, len(val), [None, val_attack],
+                                             cfg.eval.batch_size, bf16, world)
+        if epoch == 0 and start_clean is not None and clean_acc < start_clean / 2 and rank == 0:
+            sys.stdout.write(f"[{job['label']}] warning: clean validation accuracy fell from {start_clean:.1%} to "
+                             f"{clean_acc:.1%} in the first epoch; {job['stage']}.lr={t.lr:g} is likely too high "
+                             f"for this model and data: lower it (e.g. {job['stage']}.lr={t.lr / 2.5:g})\n")
         wall = time.perf_counter() - started
         images_per_s = epoch_len / train_seconds
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **losses, "clean_acc": clean_acc,
@@ -395,6 +406,17 @@ def train_loop(job: dict, context=None) -> dict | None:
                  "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema else None, "history": history}
         context.report(row, state if rank == 0 else None)
     return history if rank == 0 else None
+
+
+def val_accuracy(model: nn.Module, shard: data.Split, n: int, attacks: list, batch_size: int, bf16: bool,
+                 world: int) -> list[float]:
+    """Accuracy of `model` in eval mode on the validation split (this rank holds `shard` of its `n`
+    examples) under each attack (None: clean), summed over the ranks."""
+    model.eval()
+    counts = torch.stack([correct_count(model, shard, attack, batch_size, bf16) for attack in attacks]).float()
+    if world > 1:
+        dist.all_reduce(counts)
+    return (counts / n).tolist()
 
 
 def _print_progress(label: str, row: dict, history: list, epochs: int):

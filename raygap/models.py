@@ -18,11 +18,11 @@ class Classifier(nn.Module):
     """backbone -> neck -> head, with the data set's normalisation kept as buffers."""
 
     def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int, mean, std,
-                 neck: nn.Module | None = None, neck_dim: int | None = None):
+                 neck: nn.Module | None = None):
         super().__init__()
         self.backbone = backbone
-        self.neck = neck if neck is not None else nn.Identity()
-        self.feature_dim = neck_dim or feature_dim
+        self.neck = neck if neck is not None else nn.Identity()  # keeps the feature dimension
+        self.feature_dim = feature_dim
         self.head = nn.Linear(self.feature_dim, num_classes)
         channels = len(mean)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, channels, 1, 1))
@@ -154,9 +154,20 @@ BACKBONES = {
 }
 
 
-def drrdn_neck(feature_dim: int, width: int) -> nn.Module:
-    """DRRDN's class-specific disentangler d_s: a two-layer MLP of width `width`."""
-    return nn.Sequential(nn.Linear(feature_dim, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU())
+class ResidualMLP(nn.Module):
+    """f + U relu(V f + a) + c with hidden width `width`; U and c start at zero, so the map starts as the
+    identity (DRRDN's class-specific disentangler d_s, so that its model starts as the pre-trained one)."""
+
+    def __init__(self, dim: int, width: int):
+        super().__init__()
+        self.width = width
+        self.inner = nn.Linear(dim, width)
+        self.outer = nn.Linear(width, dim)
+        nn.init.zeros_(self.outer.weight)
+        nn.init.zeros_(self.outer.bias)
+
+    def forward(self, f):
+        return f + self.outer(F.relu(self.inner(f)))
 
 
 def build_model(name: str, in_shape, num_classes: int, mean, std, neck_width: int = 0) -> Classifier:
@@ -169,8 +180,8 @@ def build_model(name: str, in_shape, num_classes: int, mean, std, neck_width: in
                         f"the data has {in_shape[1]}x{in_shape[2]}")
     if len(mean) != in_shape[0]:
         raise UserError(f"data.mean has {len(mean)} channels but the images have {in_shape[0]}")
-    neck = drrdn_neck(feature_dim, neck_width) if neck_width else None
-    return Classifier(make(tuple(in_shape)), feature_dim, num_classes, mean, std, neck, neck_width or None)
+    neck = ResidualMLP(feature_dim, neck_width) if neck_width else None
+    return Classifier(make(tuple(in_shape)), feature_dim, num_classes, mean, std, neck)
 
 
 def forward_flops(model: nn.Module, in_shape) -> int:

@@ -1,8 +1,9 @@
 """One adversarial fine-tuning run: `python -m raygap.train method=afd data=... model=... train.epochs=...`.
 
-Starts from the cached natural model (pre-training it first when missing) unless the method trains
-from scratch or `pretrained=PATH` names another start, trains, writes the exported classifier to
-`${storage}/${name}/model.pt` and prints that path as its last line. Running the same command again
+Starts from the cached natural model (pre-training it first when missing) unless the run trains from
+scratch (`init=scratch`, or a method that always does) or `pretrained=PATH` names another start,
+trains, writes the exported classifier to `${storage}/${name}/model.pt` and prints that path as its
+last line. Running the same command again
 resumes an interrupted run from its last epoch, or returns at once when it is finished.
 """
 
@@ -19,6 +20,13 @@ from raygap.methods import METHODS
 def run_name(cfg) -> str:
     """The run's folder name: `name` when given, else derived from the whole config (so re-runs find it)."""
     return cfg.name or f"{cfg.method.name}-{cfg.data.name}-{cfg.model.name}-{digest(cfg)}"
+
+
+def from_scratch(cfg) -> bool:
+    """Whether fine-tuning starts from random weights: `init`, or with init=auto the method's own start."""
+    if cfg.init == "auto":
+        return METHODS[cfg.method.name].Objective.from_scratch
+    return cfg.init == "scratch"
 
 
 def resources(t) -> tuple[dict, dict]:
@@ -104,7 +112,7 @@ def run(cfg) -> dict:
         return {"checkpoint": model_path, "metrics": history[-1], "history": history}
     start_ray(cfg.pretrain, cfg.train)
     start = None
-    if not METHODS[cfg.method.name].Objective.from_scratch:
+    if not from_scratch(cfg):
         start = cfg.pretrained or pretrain.run(cfg)["checkpoint"]
     print(f"training {cfg.method.name} on {cfg.data.name} with {cfg.model.name} for {cfg.train.epochs} epochs "
           f"in {run_dir}", flush=True)

@@ -26,7 +26,7 @@ from ray.tune import Callback
 
 from raygap import results, storage
 from raygap.attacks import accuracy_key
-from raygap.config import as_dict, digest
+from raygap.config import as_dict, digest, method_defaults
 from raygap.errors import StorageError, UserError
 
 DEFAULT_SEARCH = "afd"
@@ -57,7 +57,8 @@ def trial_config(base: dict, params: dict):
 
     cfg = OmegaConf.create(base)
     if "method" in params:
-        cfg.method = OmegaConf.structured(METHODS[params["method"]].Params)
+        cfg.method = OmegaConf.merge(OmegaConf.structured(METHODS[params["method"]].Params),
+                                     method_defaults(cfg.data.name, params["method"]))
     for key, value in params.items():
         if key != "method":
             OmegaConf.update(cfg, key, value)
@@ -71,13 +72,12 @@ def run_trial(config: dict) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from raygap.loop import TuneTrialContext
-    from raygap.methods import METHODS
-    from raygap.train import execute
+    from raygap.train import execute, from_scratch
 
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = trial_config(config["base"], {k: v for k, v in config.items() if k != "base"})
     experiment_dir = storage.join(cfg.storage, config["experiment"])
-    start = None if METHODS[cfg.method.name].Objective.from_scratch else cfg.pretrained
+    start = None if from_scratch(cfg) else cfg.pretrained
     run_dir = storage.join(experiment_dir, "runs", trial_id)
     context = None  # a Ray Train run of train.workers workers
     if cfg.train.workers == 0:  # this process trains: no Train controller and workers to start, seconds a trial
@@ -322,7 +322,7 @@ def _scheduler(cfg):
 def run(cfg, search: str = DEFAULT_SEARCH) -> dict:
     """Run (or resume, or summarise) the search of `cfg`; returns the summary."""
     from raygap import pretrain, session
-    from raygap.train import resources
+    from raygap.train import from_scratch, resources
 
     if not cfg.tune.space:
         raise UserError(f"search space '{search}' has no tune.space; choose a search space with search=<name>")
@@ -341,7 +341,8 @@ def run(cfg, search: str = DEFAULT_SEARCH) -> dict:
 
     print(f"search '{search}': {cfg.tune.num_samples} trials of {cfg.method.name} on {cfg.data.name} with "
           f"{cfg.model.name}, {cfg.train.epochs} epochs each, in {experiment_dir}", flush=True)
-    if not cfg.pretrained:
+    some_fine_tune = not from_scratch(cfg) or (cfg.init == "auto" and "method" in cfg.tune.space)
+    if some_fine_tune and not cfg.pretrained:
         cfg.pretrained = pretrain.run(cfg)["checkpoint"]
     trainable = ray.tune.with_resources(run_trial, own)
     if Tuner.can_restore(experiment_dir):

@@ -25,6 +25,10 @@ BAD = [
     (["eval.format=csv"], "eval.format 'csv' is unknown; choose raygap or robustbench"),
     (["eval.format=robustbench", "eval.attacks=[clean,pgd20]"], "add autoattack to eval.attacks"),
     (["eval.info.reported=high"], "eval.info.reported must be a percentage such as 47.40"),
+    (["method=afd", "method.update=triple"], "method.update 'triple' is unknown; choose official or split"),
+    (["train.schedule=onecycle"], "train.schedule 'onecycle' is unknown; choose one of: step, afd, cosine, constant"),
+    (["recipe=madry"], "unknown recipe 'madry'; choose one of: afd_paper, mart_paper, trades_paper"),
+    (["init=imagenet"], "init 'imagenet' is unknown; choose one of: auto, pretrained, scratch"),
 ]
 
 
@@ -37,6 +41,20 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     assert len(lines) == 1 and lines[0].startswith("raygap: error:"), proc.stderr
     assert message in lines[0]
     assert "Traceback" not in proc.stderr
+    assert not storage.exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["method.sigma=-1"], "method.sigma must be >= 0, got -1.0"),
+    (["method.alpha=high"], "method.alpha: Value 'high' of type 'str' could not be converted to Float"),
+    (["method.align_weight=-50"], "method.align_weight must be >= 0, got -50.0"),
+])
+def test_bad_afd_weights_in_the_cifar100_search_are_refused(tmp_path, args, message):
+    storage = tmp_path / "results"
+    proc = run_cli("tune", "search=afd_cifar100", f"storage={storage}", *args)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
     assert not storage.exists()
 
 

@@ -7,8 +7,9 @@ import torch.nn.functional as F
 from raygap import checkpoint, data, train
 from raygap.attacks import make_attack
 from raygap.evaluate import correct_count
-from raygap.loop import compile_mode, train_step
-from raygap.methods import METHODS, afd, base, mart, trades
+from raygap.loop import compile_mode, lr_factor, train_step
+from raygap.methods import METHODS, afd, base, drrdn, mart, trades
+from raygap.models import Classifier
 
 from conftest import load
 
@@ -30,11 +31,19 @@ def afd_objective(path, **params):
     return afd.Objective(fresh(path), p, make_attack("pgd5", eps=0.1))
 
 
-def test_afd_starts_at_the_pretrained_model(batch):
+@pytest.mark.parametrize("size", [None, 16])
+def test_afd_starts_at_the_pretrained_model(batch, size):
     _, path, x, y = batch
-    objective = afd_objective(path, disentangler_size=16)
+    objective = afd_objective(path, disentangler_size=size)
     with torch.no_grad():
-        assert torch.equal(objective.module(x), fresh(path)(x))
+        torch.testing.assert_close(objective.module(x), fresh(path)(x), atol=1e-6, rtol=0)
+
+
+def test_a_disentangler_larger_than_the_feature_is_the_full_matrix(batch, capsys):
+    _, path, _, _ = batch
+    module = afd_objective(path, disentangler_size=500).module
+    assert isinstance(module.d1, afd.Full) and module.d1.weight.shape == (200, 200)
+    assert capsys.readouterr().out.count("disentangler_size 500 exceeds the feature dimension 200") == 1
 
 
 def test_afd_export_folds_d1_into_the_classifier(batch):
@@ -50,9 +59,9 @@ def test_afd_export_folds_d1_into_the_classifier(batch):
     assert type(exported.neck) is torch.nn.Identity and exported.head.weight.shape == (10, 200)
 
 
-def test_afd_gradient_routing(batch):
+def test_afd_split_gradient_routing(batch):
     _, path, x, y = batch
-    objective = afd_objective(path, disentangler_size=16)
+    objective = afd_objective(path, disentangler_size=16, update="split")
     module = objective.module
     with torch.no_grad():
         for d in (module.d1, module.d2):
@@ -70,6 +79,190 @@ def test_afd_gradient_routing(batch):
     grads = torch.autograd.grad(rest, d2 + others, allow_unused=True)
     assert all(g is None or g.abs().sum() == 0 for g in grads[:len(d2)])
     assert grads[len(d2)].abs().sum() > 0  # the backbone learns from the main and separation losses
+
+
+# The official rule, literally: changzhang777/AFD tl+sl.py's `criterion` and its three optimisers, on a
+# tiny model written here. The script runs under DataParallel on two GPUs, whose replicas are copies of
+# the weights; the copies below play that part, so that, as there, every backward differentiates the
+# forward at the batch's starting weights while the optimisers change the weights in place.
+LR, MOMENTUM, WD, ALPHA, SIGMA, GAMMA = 0.025, 0.9, 5e-4, 0.05, 0.25, 25.0
+
+
+class OfficialForward(torch.nn.Module):
+    """models/resnet.py's ResNet18_FS forward with prejection=True: (logits of D1 f, of D2 stopgrad(f)), (D1 f, D2 f)."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.m = module
+
+    def forward(self, x):
+        f = self.m.model.features(x)
+        feat1, feat2 = self.m.d1(f), self.m.d2(f.detach())
+        return (self.m.model.head(feat1), self.m.model.head(feat2)), (feat1, feat2)
+
+
+def official_step(module, teacher, x_natural, x_adv, y, optimizer, optimizer1, optimizer2):
+    for opt in (optimizer, optimizer1, optimizer2):
+        opt.zero_grad()
+    forward = OfficialForward(module)
+    replica = {name: p.clone() for name, p in forward.named_parameters()}
+    (logit_nat, logit_adv), (feat1, feat2) = torch.func.functional_call(forward, replica, (x_adv,))
+    pred = logit_nat.data.max(1)[1].long()
+    logit = torch.scatter(logit_nat, 1, pred.unsqueeze(1), -100000)
+    pred_ = logit.data.max(1)[1].long()
+    indicator = pred != y
+    pred_[indicator] = pred[indicator]
+    with torch.no_grad():
+        feat1_last = teacher.features(x_natural)
+    loss_neg = ALPHA * F.cross_entropy(logit_adv, pred_)
+    loss_neg.backward(retain_graph=True)
+    optimizer1.step()
+    loss_cos = SIGMA * torch.cosine_similarity(feat1, feat2, -1).mean()
+    loss_cos.backward(retain_graph=True)
+    optimizer2.step()
+    loss_rob = F.cross_entropy(logit_nat, y) + GAMMA * (1 - torch.cosine_similarity(feat1, feat1_last, -1).mean())
+    loss_rob.backward()
+    optimizer.step()
+
+
+def tiny_afd():
+    torch.manual_seed(0)
+    backbone = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 8), torch.nn.Tanh())
+    model = Classifier(backbone, 8, 4, [0.5], [0.25])
+    return afd.Objective(model, afd.Params(), attack=None)
+
+
+def batches(steps):
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        x = torch.rand(16, 1, 3, 4, generator=generator)
+        yield x, (x + 0.03 * torch.randn(x.shape, generator=generator)).clamp(0, 1), torch.randint(0, 4, (16,), generator=generator)
+
+
+def official_run(steps):
+    """(the parameters after `steps` official steps, the elementwise bound on how far the one-step rule
+    may be from them). The one-step rule is exact but for one term: the last optimiser applies weight
+    decay at the parameters optimizer2 has just moved by lr * m2 (m2 its momentum buffer), so each step
+    adds WD * LR * m2 to the momentum of the rest, which then moves them by LR times its running sum."""
+    objective = tiny_afd()
+    module = objective.module
+    d2 = list(module.d2.parameters())
+    rest = [p for p in module.parameters() if all(p is not q for q in d2)]
+    optimizer = torch.optim.SGD(rest, lr=LR, momentum=MOMENTUM, weight_decay=WD)
+    optimizer1 = torch.optim.SGD(d2, lr=LR, momentum=MOMENTUM, weight_decay=WD)
+    optimizer2 = torch.optim.SGD(rest, lr=LR, momentum=MOMENTUM, weight_decay=WD)
+    drift = [torch.zeros_like(p) for p in rest]  # sum over steps of the momentum difference's bound
+    bound = [torch.zeros_like(p) for p in rest]
+    for x, x_adv, y in batches(steps):
+        official_step(module.train(), objective.teacher, x, x_adv, y, optimizer, optimizer1, optimizer2)
+        for i, p in enumerate(rest):
+            drift[i] = MOMENTUM * drift[i] + WD * LR * optimizer2.state[p]["momentum_buffer"].abs()
+            bound[i] += LR * drift[i]
+    bounds = {name: torch.zeros_like(p) for name, p in module.named_parameters()}
+    names = {id(p): name for name, p in module.named_parameters()}
+    for p, b in zip(rest, bound):
+        bounds[names[id(p)]] = b
+    return dict(module.named_parameters()), bounds
+
+
+def raygap_run(steps, variant="official"):
+    objective = tiny_afd()
+    module = objective.module
+    if variant == "split":
+        objective = afd.Objective(module.model, afd.Params(update="split"), attack=None)
+        objective.module.d1.load_state_dict(module.d1.state_dict())
+        objective.module.d2.load_state_dict(module.d2.state_dict())
+        module = objective.module
+    optimizer = torch.optim.SGD(objective.param_groups(WD), lr=LR, momentum=MOMENTUM)
+    for x, x_adv, y in batches(steps):
+        parts = objective.loss(module.train(), x, y, x_adv)
+        loss = parts["loss"]
+        if variant == "single sigma":
+            loss = loss - SIGMA * parts["separation"]
+        if variant == "single confused on W":
+            out = module(x_adv, parts=True)
+            loss = loss - ALPHA * F.cross_entropy(out["confused_head_logits"], base.wrong_class(out["logits"], y))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return dict(module.named_parameters())
+
+
+def worst_excess(steps, variant):
+    """max over parameters of |raygap - official| / the derived bound (plus fp32 rounding)."""
+    official, bounds = official_run(steps)
+    mine = raygap_run(steps, variant)
+    return max(((mine[n] - official[n]).abs() / (bounds[n] + 1e-6)).max().item() for n in official)
+
+
+@pytest.mark.parametrize("steps", [1, 5])
+def test_afd_official_update_is_the_three_optimiser_step_to_first_order(steps):
+    assert worst_excess(steps, "official") <= 1.0
+
+
+@pytest.mark.parametrize("variant", ["split", "single sigma", "single confused on W"])
+def test_afd_other_rules_are_first_order_away_from_the_official_one(variant):
+    assert worst_excess(5, variant) > 10.0
+
+
+def test_disentangler_first_step_is_the_full_step_or_its_projection():
+    torch.manual_seed(0)
+    dim, lr = 6, 0.1
+    f, target = torch.randn(32, dim), torch.randn(32, dim)
+
+    def first_step(d):
+        loss = ((d(f) - target) ** 2).sum()
+        before = d.matrix().detach().clone()
+        torch.optim.SGD(d.parameters(), lr=lr).zero_grad()
+        loss.backward()
+        torch.optim.SGD(d.parameters(), lr=lr).step()
+        return d.matrix().detach() - before
+
+    full = afd.disentangler(dim, None)
+    assert isinstance(full, afd.Full) and torch.equal(full.matrix(), torch.eye(dim))
+    assert isinstance(afd.disentangler(dim, dim + 5), afd.Full)
+    full_step = first_step(full)
+    square = afd.LowRank(dim, dim)
+    torch.testing.assert_close(first_step(square), full_step, atol=1e-5, rtol=1e-5)
+    low = afd.disentangler(dim, 2)
+    a = low.down.weight.detach().clone()
+    torch.testing.assert_close(a @ a.T, torch.eye(2), atol=1e-6, rtol=0)  # orthonormal rows
+    projected = first_step(low)
+    torch.testing.assert_close(projected, full_step @ a.T @ a, atol=1e-5, rtol=1e-5)
+    assert torch.linalg.matrix_rank(projected) <= 2 and projected.norm() < full_step.norm()
+
+
+def test_afd_schedule_at_20_epochs_is_the_official_one():
+    def adjust_learning_rate(lr, epoch):  # tl+sl.py, applied at the start of each epoch
+        if epoch <= 10:
+            return lr
+        if epoch == 11:
+            return lr * 4 / 5
+        return lr / 2 if (epoch + 1) % 2 == 0 else lr
+
+    official, lr = [], 0.025
+    for epoch in range(1, 21):
+        lr = adjust_learning_rate(lr, epoch)
+        official.append(lr)
+    steps_per_epoch = 7
+    t = load("train.schedule=afd", storage="unused").train
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.025)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(t, s / (20 * steps_per_epoch)))
+    for epoch in range(20):
+        for _ in range(steps_per_epoch):
+            assert optimizer.param_groups[0]["lr"] == pytest.approx(official[epoch], rel=1e-12), epoch + 1
+            optimizer.step()
+            scheduler.step()
+    assert official[10:] == pytest.approx([0.02] * 2 + [0.01] * 2 + [0.005] * 2 + [0.0025] * 2 + [0.00125] * 2)
+
+
+def test_drrdn_starts_at_the_pretrained_model(batch):
+    _, path, x, _ = batch
+    objective = drrdn.Objective(fresh(path), drrdn.Params(), make_attack("pgd5", eps=0.1))
+    with torch.no_grad():
+        torch.testing.assert_close(objective.module(x), fresh(path)(x), atol=1e-6, rtol=0)
+        exported = drrdn.Objective.export(objective.module)
+        torch.testing.assert_close(exported(x), fresh(path)(x), atol=1e-6, rtol=0)
 
 
 def test_wrong_class_is_never_the_label():
@@ -163,11 +356,10 @@ def test_compiled_step_matches_the_eager_one(batch):
         torch.testing.assert_close(compiled, eager, rtol=1e-3, atol=1e-5)
 
 
-# Fine-tuners get 8 epochs; PGD-AT starts from random weights and gets 30 at a higher rate. TRADES
-# takes beta = 1, the value its authors use on MNIST: with the CIFAR value of 6 this small CNN
-# collapses to a constant prediction on digits.
+# Fine-tuners get 8 epochs at their defaults on digits (TRADES: beta 1, search_spaces/data_method/);
+# PGD-AT starts from random weights and gets 30 at a higher rate.
 RUNS = {
-    "vaft": [], "afd": [], "mart": [], "drrdn": [], "trades": ["method.beta=1"],
+    "vaft": [], "afd": [], "mart": [], "drrdn": [], "trades": [],
     "pgd_at": ["train.epochs=30", "train.lr=0.05"],
 }
 
@@ -190,3 +382,24 @@ def test_short_run_raises_robust_accuracy_well_above_the_pretrained_model(tmp_pa
     assert payload["meta"]["method"] == method
     torch.manual_seed(0)
     assert correct_count(exported, dataset.val, attack, 500).item() / len(dataset.val) == pytest.approx(after, abs=0.03)
+
+
+def test_recipes_set_the_papers_regimes(tmp_path):
+    afd_paper = load("recipe=afd_paper", storage=tmp_path)
+    assert (afd_paper.method.name, afd_paper.method["update"], afd_paper.method.disentangler_size) == ("afd", "official", None)
+    assert (afd_paper.train.schedule, afd_paper.train.lr, afd_paper.train.epochs, afd_paper.attack.step_size) == ("afd", 0.025, 20, 0.007)
+    assert not train.from_scratch(afd_paper)
+    # the recipe's beta wins over the digits default of TRADES (beta 1)
+    assert load("method=trades", storage=tmp_path).method.beta == 1.0
+    official = {  # (recipe, epochs, lr, the official per-epoch rule)
+        "trades_paper": (80, 0.1, lambda e: 0.1 * (0.1 if e >= 75 else 1)),
+        "mart_paper": (120, 0.01, lambda e: 0.01 * (0.001 if e >= 100 else 0.01 if e >= 90 else 0.1 if e >= 75 else 1)),
+    }
+    for recipe, (epochs, lr, rule) in official.items():
+        cfg = load(f"recipe={recipe}", storage=tmp_path)
+        assert train.from_scratch(cfg) and cfg.train.epochs == epochs and cfg.train.lr == lr and not cfg.train.ema
+        for epoch in range(1, epochs + 1):
+            assert lr * lr_factor(cfg.train, (epoch - 1) / epochs) == pytest.approx(rule(epoch), rel=1e-9), (recipe, epoch)
+    assert (load("recipe=trades_paper", storage=tmp_path).method.beta, load("recipe=mart_paper", storage=tmp_path).method.beta) == (6.0, 5.0)
+    assert not train.from_scratch(load("method=mart", storage=tmp_path))
+    assert train.from_scratch(load("method=mart", "init=scratch", storage=tmp_path))

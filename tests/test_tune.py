@@ -114,3 +114,15 @@ def test_pareto_front_of_a_hand_made_table():
                           "robust_acc": [0.5, 0.6, 0.7, 0.55, 0.65, 0.4]})
     # f is dominated by a, e by c; d lies between a and b and is on the front
     assert list(pareto_front(table).trial_id) == ["a", "d", "b", "c"]
+
+
+def test_a_searched_method_gets_its_defaults_for_the_data(tmp_path):
+    from raygap import config
+    from raygap.tune import trial_config
+
+    base = config.as_dict(config.load([f"storage={tmp_path}"], "baselines"))
+    assert trial_config(base, {"method": "trades"}).method.beta == 1.0  # data_method/digits_trades.yaml
+    assert trial_config(base, {"method": "trades", "method.beta": 3.0}).method.beta == 3.0
+    assert trial_config(base, {"method": "mart"}).method.beta == 6.0
+    cifar = config.as_dict(config.load([f"storage={tmp_path}", "data=cifar10", "data.download=true"], "baselines"))
+    assert trial_config(cifar, {"method": "trades"}).method.beta == 6.0

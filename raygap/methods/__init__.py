@@ -4,6 +4,14 @@ Each module has `Params` (its hyperparameters, a dataclass), `check(params)` (ra
 `Objective` (what is trained, how x' is made, the loss and the export; see base.Objective).
 """
 
+from omegaconf import OmegaConf
+
 from raygap.methods import afd, drrdn, mart, natural, pgd_at, trades, vaft
 
 METHODS = {m.Params.name: m for m in (natural, vaft, pgd_at, trades, mart, afd, drrdn)}
+
+
+def params_of(node):
+    """The `method` config node as its method's Params dataclass (attribute access to every key, even
+    one such as `update` that a DictConfig would answer with its own method)."""
+    return METHODS[node.name].Params(**OmegaConf.to_container(node, resolve=True))

@@ -37,6 +37,10 @@ class Objective:
         return (2 * attack_steps * self.attacked + self.attack_clean_forwards + 3 * self.training_passes
                 + self.teacher_forwards)
 
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """The SGD parameter groups of `module`'s trainable parameters, each with its weight decay."""
+        return [{"params": [p for p in self.module.parameters() if p.requires_grad], "weight_decay": weight_decay}]
+
     def adversarial(self, module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
         """x' for this batch, made on `module` in eval mode; None when the method trains on x alone."""
         return self.attack(module, x, y)

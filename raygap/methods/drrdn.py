@@ -1,15 +1,21 @@
-"""DRRDN: "Adversarial Robustness through Disentangled Representations" (Yang et al., AAAI 2021).
+"""DRRDN, reconstructed from the paper's architecture outline: "Adversarial Robustness through
+Disentangled Representations" (Yang et al., AAAI 2021). No code of the authors' is public; this is
+not their method as they ran it, and its figures must be read as those of raygap's reconstruction.
 
-Only the paper's architecture outline is public; this is built from that outline:
-  g: the backbone; d_s (class-specific, robust) and d_i (class-irrelevant) disentanglers, MLPs of width
-  h = `disentangler_size`; c_s: classifier on z_s = d_s(g(x)); c_i: a discriminator that tells natural
-  from adversarial inputs from z_i = d_i(g(x)); r: a decoder that rebuilds g(x) from (z_s, z_i).
-Losses on x and x': CE(c_s(z_s), y) on both; align_weight * ||z_s(x') - stopgrad(z_s(x))||^2 (pulls
-the adversarial representation to the natural one); disc_weight * CE(c_i(z_i), natural/adversarial);
-recon_weight * ||r(z_s, z_i) - stopgrad(g(x))||^2 (the target is detached so that the backbone is not
-pulled towards features that are merely easy to rebuild). Both squared errors are taken relative to
-the target's mean square (see `relative_mse`).
-Inference and export: c_s(d_s(g(x))), i.e. a Classifier whose neck is d_s and whose head is c_s.
+From the outline: g the backbone; d_s (class-specific, robust) and d_i (class-irrelevant) disentanglers;
+c_s the classifier on z_s = d_s(g(x)); c_i a discriminator that tells natural from adversarial inputs
+from z_i = d_i(g(x)); r a decoder that rebuilds g(x) from (z_s, z_i). Inference: c_s(d_s(g(x))).
+
+raygap's choices, none of them the paper's:
+- d_s is a residual MLP, z_s = f + U relu(V f + a) + c, of hidden width h = `disentangler_size`, with U
+  and c zero at the start, and c_s is the pre-trained classifier: the starting model computes exactly
+  the pre-trained logits, as every other fine-tuning method starts from the pre-trained classifier.
+- d_i is a two-layer ReLU MLP of width h; c_i is linear; r is a two-layer MLP from (z_s, z_i) to g(x).
+- Losses on x and x': the mean of CE(c_s(z_s), y) over both; align_weight * ||z_s(x') - stopgrad(z_s(x))||^2
+  (pulls the adversarial representation to the natural one); disc_weight * CE(c_i(z_i), natural or
+  adversarial); recon_weight * ||r(z_s, z_i) - stopgrad(g(x))||^2 (the target is detached so that the
+  backbone is not pulled towards features that are merely easy to rebuild). Both squared errors are
+  taken relative to the target's mean square (`relative_mse`). The weights and the regime are raygap's.
 """
 
 from __future__ import annotations
@@ -21,13 +27,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from raygap.methods.base import Objective as Base
-from raygap.models import Classifier, drrdn_neck
+from raygap.models import Classifier, ResidualMLP
 
 
 @dataclass
 class Params:
     name: str = "drrdn"
-    disentangler_size: int = 128  # width h of d_s and d_i
+    disentangler_size: int = 128  # hidden width h of d_s, width of d_i
     align_weight: float = 1.0  # lambda_align
     disc_weight: float = 0.1
     recon_weight: float = 0.1
@@ -55,11 +61,13 @@ class DRRDNModule(nn.Module):
     def __init__(self, model: Classifier, width: int):
         super().__init__()
         dim = model.feature_dim
+        # c_s(d_s(g(x))) with the pre-trained backbone and head, d_s starting as the identity
         self.classifier = Classifier(model.backbone, dim, model.head.out_features, model.mean.flatten().tolist(),
-                                     model.std.flatten().tolist(), neck=drrdn_neck(dim, width), neck_dim=width)
-        self.irrelevant = drrdn_neck(dim, width)  # d_i
+                                     model.std.flatten().tolist(), neck=ResidualMLP(dim, width))
+        self.classifier.head.load_state_dict(model.head.state_dict())
+        self.irrelevant = nn.Sequential(nn.Linear(dim, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU())  # d_i
         self.discriminator = nn.Linear(width, 2)  # c_i
-        self.decoder = nn.Sequential(nn.Linear(2 * width, dim), nn.ReLU(), nn.Linear(dim, dim))  # r
+        self.decoder = nn.Sequential(nn.Linear(dim + width, dim), nn.ReLU(), nn.Linear(dim, dim))  # r
 
     def forward(self, x, parts: bool = False):
         if not parts:

@@ -1,4 +1,12 @@
-"""MART (Wang et al., 2020): boosted CE on x' + beta * KL(p(x) || p(x')) weighted by 1 - p_y(x)."""
+"""MART (Wang et al., 2020): boosted CE on x' + beta * KL(p(x) || p(x')) weighted by 1 - p_y(x).
+
+The loss follows the authors' code (YisenWang/MART, mart.py). raygap runs it, by default, as fine-tuned
+MART: from the natural pre-trained model, in raygap's regime, with beta 6. The paper's ResNet-18
+figures come from training from random weights with beta 5 and weight decay 3.5e-3:
+`recipe=mart_paper` (search_spaces/recipe/). Departures from the code: the training attack starts
+uniformly in the epsilon ball (the official start is x + 0.001 N(0, 1)); its step size is raygap's
+default (2.5 eps / steps) unless attack.step_size is set (0.007 in the recipe).
+"""
 
 from dataclasses import dataclass
 

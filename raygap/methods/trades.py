@@ -1,4 +1,13 @@
-"""TRADES (Zhang et al., 2019): CE(f(x), y) + beta * KL(p(x) || p(x')), x' maximising that KL."""
+"""TRADES (Zhang et al., 2019): CE(f(x), y) + beta * KL(p(x) || p(x')), x' maximising that KL.
+
+The loss and attack follow the authors' code (yaodongyu/TRADES, trades.py). raygap runs it, by default,
+as fine-tuned TRADES: from the natural pre-trained model, in raygap's regime (train.*), like the other
+fine-tuning methods. The paper's figures come from training from random weights in its own regime:
+`recipe=trades_paper` (search_spaces/recipe/). Departures from the code: the attack starts uniformly
+in the epsilon ball (the official start is x + 0.001 N(0, 1)), and its step size is raygap's default
+(2.5 eps / steps) unless attack.step_size is set (0.007 in the recipe). On handwritten digits beta
+defaults to 1, the authors' MNIST value (search_spaces/data_method/).
+"""
 
 from dataclasses import dataclass
 
