@@ -6,12 +6,14 @@ Each variant fine-tunes the same cached natural model for the same epochs with t
 attack, at its own learning rate: the one of --lrs whose seed-0 run ends with the best robust accuracy
 on the validation split (PGD-10; the test split plays no part in the choice). Then every seed is
 evaluated on the test split with clean, PGD-20 and the standard AutoAttack. Prints a Markdown table of
-mean and standard deviation over seeds, the chosen learning rate and the training seconds.
+mean and standard deviation over seeds, the chosen learning rate and the training seconds. Run again
+with the same --storage, it reuses the trainings and evaluations it finished.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -19,7 +21,8 @@ import tempfile
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-from raygap import config, evaluate, pretrain, train  # noqa: E402
+from raygap import config, evaluate, pretrain, storage, train  # noqa: E402
+from raygap.errors import Diverged  # noqa: E402
 
 VARIANTS = [
     ("vAFT", ["method=vaft"]),
@@ -57,16 +60,32 @@ def main():
             overrides = base + extra + [f"train.lr={lr}", f"train.seed={seed}", f"pretrained={natural}"]
             trained = train.run(config.load(overrides))
             costs.append(sum(r["wall_seconds"] for r in trained["history"]))
-            results.append(evaluate.run(config.load(overrides + [f"checkpoint={trained['checkpoint']}", *evaluation])))
+            results.append(evaluated(config.load(overrides + [f"checkpoint={trained['checkpoint']}", *evaluation])))
         rows.append((label, f"{lr:g}", results, costs))
         print_table(rows, attacks, args, file=sys.stderr)
     print_table(rows, attacks, args)
 
 
+def evaluated(cfg) -> dict:
+    """The evaluation of cfg.checkpoint: its eval.json from an earlier run of this benchmark, or a new one."""
+    out = storage.join(cfg.checkpoint.rsplit("/", 1)[0], "eval.json")
+    if storage.exists(out):
+        saved = json.loads(storage.read_bytes(out))
+        if saved["n_examples"] == (cfg.eval.n or saved["n_examples"]) and all(
+                f"{a}_acc" in saved for a in cfg.eval.attacks):
+            return saved
+    return evaluate.run(cfg)
+
+
 def choose_lr(overrides: list[str], lrs: list[float]) -> float:
-    """The learning rate whose run ends with the best validation robust accuracy (then clean)."""
+    """The learning rate whose run ends with the best validation robust accuracy (then clean); a run
+    that diverges counts as the worst."""
     def final(lr):
-        metrics = train.run(config.load(overrides + [f"train.lr={lr}"]))["metrics"]
+        try:
+            metrics = train.run(config.load(overrides + [f"train.lr={lr}"]))["metrics"]
+        except Diverged as err:
+            print(f"  lr {lr:g}: {err}", file=sys.stderr, flush=True)
+            return -1.0, -1.0
         print(f"  lr {lr:g}: validation robust {metrics['robust_acc']:.3f}, clean {metrics['clean_acc']:.3f}",
               file=sys.stderr, flush=True)
         return metrics["robust_acc"], metrics["clean_acc"]

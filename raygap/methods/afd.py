@@ -14,9 +14,10 @@ The official update (`method.update=official`, the default). Per batch, `tl+sl.p
 once, runs one forward, then: confused backward, `optimizer1.step()` (D2 only); separation backward,
 `optimizer2.step()` (every parameter but D2); main backward, `optimizer.step()` (every parameter but
 D2 again), each an SGD with lr 0.025, momentum 0.9 and weight decay 5e-4, gradients accumulating in
-between. The script runs under DataParallel on two GPUs, whose replicas hold copies of the weights,
-so all three backward passes differentiate the same forward at the batch's starting weights (on one
-device PyTorch refuses to backpropagate through weights changed in place). Momentum SGD is linear in
+between. The script runs under DataParallel on the two GPUs it sets (CUDA_VISIBLE_DEVICES='1, 2'),
+whose replicas hold copies of the weights, so all three backward passes differentiate the same
+forward at the batch's starting weights. (On one GPU, current PyTorch refuses to backpropagate through
+weights changed in place; the PyTorch < 1.2 its README recommends would silently use the changed ones.) Momentum SGD is linear in
 its gradients, so the three steps are, to first order in the learning rate, one SGD step in which
   D2 gets        alpha * grad(confused)                                   with weight decay 5e-4,
   the rest gets  2 alpha * grad(confused) + 2 sigma * grad(separation) + grad(main)
@@ -69,7 +70,7 @@ UPDATES = ("official", "split")
 class Params:
     name: str = "afd"
     alpha: float = 0.05  # weight of the confused-feature loss
-    sigma: float = 0.25  # weight of the separation loss
+    sigma: float = 0.25  # weight of the separation loss: the script's --sigma (its README and the paper: beta)
     align_weight: float = 25.0  # the official gamma: alignment of D1 f with the pre-trained feature
     disentangler_size: Optional[int] = None  # null or >= the feature dimension: the full matrix; else rank r
     update: str = "official"  # official (the authors' three-optimiser rule in one step) or split (raygap's)
