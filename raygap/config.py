@@ -29,6 +29,7 @@ class DataConfig:
     download: bool = False
     val_fraction: float = 0.15  # carved from the training data
     test_fraction: float = 0.2  # carved only where the data set has no official test split
+    train_n: int = 0  # keep a seeded random n of the training split (0: all), for runs sized for a CPU
     split_seed: int = 0
     mean: List[float] = field(default_factory=list)  # empty: computed on the training split
     std: List[float] = field(default_factory=list)
@@ -284,11 +285,14 @@ def validate(cfg: DictConfig) -> None:
     from raygap.models import BACKBONES
 
     _require(cfg.data.name != "npz" or bool(cfg.data.path), "data.path", "is required for data=npz: the .npz file")
+    _require(cfg.data.name != "folder" or bool(cfg.data.root), "data.root",
+             "is required for an ImageFolder tree: data.root=<dir holding <class>/ or train/<class>/ folders>")
     _require(cfg.data.name in DATASETS, "data.name", f"'{cfg.data.name}' is unknown; choose one of: {', '.join(DATASETS)}")
     _require(cfg.model.name in BACKBONES, "model.name", f"'{cfg.model.name}' is unknown; choose one of: {', '.join(BACKBONES)}")
     for key in ("val_fraction", "test_fraction"):
         _require(0 < cfg.data[key] < 1, f"data.{key}", f"must lie strictly between 0 and 1, got {cfg.data[key]}")
     _require(cfg.data.crop_padding >= 0, "data.crop_padding", "must be >= 0")
+    _require(cfg.data.train_n >= 0, "data.train_n", f"must be >= 0 (0: the whole training split), got {cfg.data.train_n}")
     _require(cfg.data.resident in ("auto", "device", "host"), "data.resident", "must be auto, device or host")
     _require(len(cfg.data.mean) == len(cfg.data.std), "data.mean", "and data.std must have the same length")
     _require(all(s > 0 for s in cfg.data.std), "data.std", "must be positive")

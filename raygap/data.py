@@ -7,7 +7,12 @@ is the data set's official one where it has one, else carved first, and is never
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import pickle
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,35 +127,121 @@ def _svhn(cfg):
     return out
 
 
-def _folder(cfg):
-    from PIL import Image
-    from torchvision.datasets import ImageFolder
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
+
+def _folder(cfg):
+    """An ImageFolder tree: root/<class>/<image>; root/train/... (+ root/test/...) where there is a train/.
+
+    The decoded images are cached as one uint8 file per tree part (see `_cached_tree`)."""
     root = Path(cfg.root)
     if not root.is_dir():
-        raise UserError(f"data.root {root} is not a folder; point it at an ImageFolder tree (root/<class>/<image>)")
-    has_official = (root / "train").is_dir() and (root / "test").is_dir()
-    parts = [root / "train", root / "test"] if has_official else [root]
-    out, classes = [], None
-    for part in parts:
+        raise UserError(f"data.root '{root}' is not a folder; point it at an ImageFolder tree (root/<class>/<image>)")
+    if (root / "train").is_dir():
+        parts = [root / "train"] + ([root / "test"] if (root / "test").is_dir() else [])
+    else:
+        parts = [root]
+    cache_dir = _cache_dir(root)
+    out = [_cached_tree(part, cache_dir) for part in parts]
+    if len(out) == 2 and out[0][2] != out[1][2]:
+        raise UserError(f"{parts[0]} and {parts[1]} have different class folders; give both the same classes")
+    if len({x.shape[1:] for x, _, _ in out}) > 1:
+        raise UserError(f"the images of {parts[0]} and {parts[1]} have different sizes; resize them to one size")
+    pairs = [(x, y) for x, y, _ in out]
+    return pairs if len(pairs) == 2 else (pairs[0], None)
+
+
+def _scan(part: Path) -> tuple[list, list]:
+    """(sorted class names, [(image path, class index)]) of one tree; a stray file or an empty class
+    is refused by name, since ImageFolder would skip the one and fail vaguely on the other."""
+    classes = sorted(d.name for d in part.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise UserError(f"{part} has no class folders; an ImageFolder tree is {part}/<class>/<image>")
+    samples = []
+    for index, name in enumerate(classes):
+        files = sorted(p for p in (part / name).rglob("*") if p.is_file() and not p.name.startswith("."))
+        stray = [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
+        if stray:
+            raise UserError(f"{stray[0]} is not an image ({', '.join(IMAGE_SUFFIXES)}); move it out of {part}")
+        if not files:
+            raise UserError(f"class folder {part / name} has no images; add its images or remove the folder")
+        samples += [(p, index) for p in files]
+    return classes, samples
+
+
+def _decode(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("L" if img.mode in ("L", "1", "I;16") else "RGB"))
+    except Exception as err:  # PIL raises OSError, SyntaxError or ValueError on a damaged file
+        raise UserError(f"cannot decode image {path}: {err}; replace or remove it") from None
+
+
+def _cached_tree(part: Path, cache_dir: Path) -> tuple[np.ndarray, np.ndarray, list]:
+    """(images N x C x H x W uint8, labels, classes) of one tree, decoded once and then read from a cache.
+
+    The cache is keyed by the tree's contents (every file's path, size and modification time), so a
+    changed tree is decoded again; it is written whole (a temporary file, then a rename) into
+    `cache_dir`, and the tree's older caches are removed."""
+    classes, samples = _scan(part)
+    stats = [p.stat() for p, _ in samples]
+    listing = [(str(p.relative_to(part)), st.st_size, st.st_mtime_ns) for (p, _), st in zip(samples, stats)]
+    tree = f"{part.name}-{_digest(str(part.resolve()))}"  # one tree's caches, old and new
+    cache = cache_dir / f"{tree}-{_digest(json.dumps([classes, listing]))}.npz"
+    if cache.is_file():
         try:
-            folder = ImageFolder(str(part), loader=Image.open)
-        except (FileNotFoundError, OSError) as err:
-            raise UserError(f"cannot read the ImageFolder tree at {part}: {err}") from None
-        if classes is not None and folder.classes != classes:
-            raise UserError(f"{root}/train and {root}/test have different class folders")
-        classes = folder.classes
-        images = []
-        for path, _ in folder.samples:
-            with Image.open(path) as img:
-                images.append(np.asarray(img.convert("L" if img.mode in ("L", "1", "I;16") else "RGB")))
-        shapes = {im.shape for im in images}
-        if len(shapes) > 1:
-            raise UserError(f"images under {part} have different sizes {sorted(shapes)[:2]}; resize them to one size")
-        x = np.stack(images)
-        x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
-        out.append((x, np.asarray(folder.targets)))
-    return out if has_official else (out[0], None)
+            with np.load(cache) as saved:
+                return saved["x"], saved["y"], saved["classes"].tolist()
+        except Exception as err:
+            print(f"the image cache {cache} is unreadable ({err}); decoding the tree again", flush=True)
+    stale = sorted(cache.parent.glob(f"{tree}-*.npz"))
+    print(f"decoding {len(samples)} images of {part}{' (the tree changed since its cache)' if stale else ''}; "
+          f"they are cached in {cache.parent}", flush=True)
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # PIL decodes without the GIL
+        images = list(pool.map(_decode, [p for p, _ in samples], chunksize=256))
+    shapes = {}
+    for (path, _), image in zip(samples, images):
+        shapes.setdefault(image.shape, path)
+    if len(shapes) > 1:
+        (a, first), (b, other) = list(shapes.items())[:2]
+        raise UserError(f"images under {part} have different sizes: {first} is {a}, {other} is {b}; "
+                        f"resize them to one size")
+    x = np.stack(images)
+    x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+    x, y = np.ascontiguousarray(x), np.asarray([label for _, label in samples], dtype=np.int64)
+    descriptor, temporary = tempfile.mkstemp(dir=cache.parent, suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "wb") as fh:
+            np.savez(fh, x=x, y=y, classes=np.asarray(classes))
+        os.chmod(temporary, 0o644)  # mkstemp makes it private
+        os.replace(temporary, cache)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    for old in stale:
+        old.unlink(missing_ok=True)
+    return x, y, classes
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _cache_dir(root: Path) -> Path:
+    """`.raygap_cache/` inside the tree (hidden folders are not classes), or ~/.cache/raygap when the
+    tree is read-only."""
+    beside = root / ".raygap_cache"
+    try:
+        beside.mkdir(exist_ok=True)
+        if os.access(beside, os.W_OK):
+            return beside
+    except OSError:
+        pass
+    home = Path.home() / ".cache" / "raygap"
+    home.mkdir(parents=True, exist_ok=True)
+    return home
 
 
 def _npz(cfg):
@@ -219,14 +310,17 @@ def load(cfg) -> Dataset:
             raise UserError(f"data set '{cfg.name}': train images are {tuple(x.shape[1:])}, test images "
                             f"{tuple(test_split.x.shape[1:])}")
     keep, held = _split(len(y), cfg.val_fraction, generator)
+    if cfg.train_n:
+        keep = keep[:cfg.train_n]  # keep is a seeded permutation: its head is a random subset
     train_split, val_split = Split(x[keep], y[keep]), Split(x[held], y[held])
     num_classes = int(max(y.max(), test_split.y.max())) + 1
     if min(len(train_split), len(val_split), len(test_split)) == 0:
         raise UserError(f"data set '{cfg.name}' is too small for its splits "
                         f"(train {len(train_split)}, val {len(val_split)}, test {len(test_split)})")
-    floats = train_split.x.float() / 255
-    mean = list(cfg.mean) or floats.mean((0, 2, 3)).tolist()
-    std = list(cfg.std) or floats.std((0, 2, 3)).clamp_min(1e-3).tolist()
+    mean, std = list(cfg.mean), list(cfg.std)
+    if not mean:
+        floats = train_split.x.float() / 255
+        mean, std = floats.mean((0, 2, 3)).tolist(), floats.std((0, 2, 3)).clamp_min(1e-3).tolist()
     return Dataset(train_split, val_split, test_split, num_classes, mean, std)
 
 

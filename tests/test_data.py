@@ -1,7 +1,9 @@
 """Each loader reads a small fixture written in the data set's real on-disk format."""
 
 import pickle
+import shutil
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,6 +102,66 @@ def test_image_folder_tree(tmp_path):
     assert len(dataset.train) + len(dataset.val) + len(dataset.test) == 30
 
 
+SAMPLE = Path(__file__).parent / "data" / "cifar10_jpeg_sample"  # 300 real CIFAR-10 JPEGs, train/<class>/
+
+
+def cifar_tree(tmp_path):
+    tree = tmp_path / "cifar"
+    shutil.copytree(SAMPLE, tree)
+    return tree
+
+
+def load_tree(tree):
+    return data.load(load("data=cifar10_folder", f"data.root={tree}", storage=tree.parent / "results").data)
+
+
+def test_cifar10_jpeg_tree_gets_the_cifar_settings_and_is_decoded_once(tmp_path, capsys):
+    tree = cifar_tree(tmp_path)
+    first = load_tree(tree)
+    assert "decoding 300 images" in capsys.readouterr().out
+    assert first.in_shape == (3, 32, 32) and first.num_classes == 10
+    assert (len(first.train), len(first.val), len(first.test)) == (216, 24, 60)  # test carved: 20% of 300
+    cfg = load("data=cifar10_folder", f"data.root={tree}", storage=tmp_path).data
+    assert (cfg.eps, cfg.crop_padding, cfg.flip) == (8 / 255, 4, True)
+    airplane = np.asarray(Image.open(SAMPLE / "train" / "airplane" / "0000.jpg").convert("RGB")).transpose(2, 0, 1)
+    everything = torch.cat([first.train.x, first.val.x, first.test.x]).numpy()
+    labels = torch.cat([first.train.y, first.val.y, first.test.y]).numpy()
+    assert labels[[i for i, x in enumerate(everything) if np.array_equal(x, airplane)]].tolist() == [0]
+
+    again = load_tree(tree)
+    assert "decoding" not in capsys.readouterr().out  # read from the cache
+    assert torch.equal(again.train.x, first.train.x) and torch.equal(again.test.y, first.test.y)
+
+    shutil.copy(SAMPLE / "train" / "cat" / "0000.jpg", tree / "train" / "dog" / "extra.jpg")
+    changed = load_tree(tree)
+    assert "the tree changed since its cache" in capsys.readouterr().out
+    assert len(changed.train) + len(changed.val) + len(changed.test) == 301
+    assert len(list((tree / ".raygap_cache").glob("*.npz"))) == 1  # the stale cache is gone
+
+
+def break_tree(tree, how):
+    if how == "size":
+        Image.fromarray(images(1, 3, 16, 16)[0].transpose(1, 2, 0)).save(tree / "train" / "cat" / "small.png")
+        return "small.png"
+    if how == "empty":
+        (tree / "train" / "zebra").mkdir()
+        return "zebra has no images"
+    if how == "stray":
+        (tree / "train" / "cat" / "notes.txt").write_text("not an image")
+        return "notes.txt is not an image"
+    (tree / "train" / "cat" / "0003.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    return "cannot decode image .*0003.jpg"
+
+
+@pytest.mark.parametrize("how", ["size", "empty", "stray", "corrupt"])
+def test_a_broken_tree_is_refused_by_name_and_nothing_is_cached(tmp_path, how):
+    tree = cifar_tree(tmp_path)
+    message = break_tree(tree, how)
+    with pytest.raises(UserError, match=message):
+        load_tree(tree)
+    assert not list(tree.glob(".raygap_cache/*"))
+
+
 @pytest.mark.parametrize("layout", ["nhwc", "nchw"])
 def test_npz_arrays(tmp_path, layout):
     x = images(50, 3, 12, 12)
@@ -131,3 +193,4 @@ def test_augment_crops_a_shifted_window_and_flips():
         windows = [padded[i, :, dy:dy + 8, dx:dx + 8] for dy in range(5) for dx in range(5)]
         assert any(torch.equal(out[i], w) or torch.equal(out[i], w.flip(2)) for w in windows)
     assert not torch.equal(out, x)
+
