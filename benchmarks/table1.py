@@ -31,14 +31,14 @@ from raygap import config, evaluate, pretrain, storage, train  # noqa: E402
 PAPER = {"afd": (84.88, 52.70, 47.40), "vaft": (83.93, 51.40, 45.48), "trades": (82.37, 53.27, 48.52)}
 NATURAL = ["pretrain.epochs=100", "pretrain.lr=0.1", "pretrain.schedule=cosine", "pretrain.weight_decay=5e-4",
            "pretrain.batch_size=128"]
-SMOKE = ["pretrain.epochs=1", "train.epochs=1", "data.train_n=32", "eval.val_n=16", "eval.n=16",
+SMOKE = ["pretrain.epochs=1", "train.epochs=1", "data.train_n=16", "attack.steps=2", "eval.val_n=8", "eval.n=8",
          "eval.attacks=[clean,pgd20]"]
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--storage", default=tempfile.mkdtemp(prefix="raygap-table1-"))
-    parser.add_argument("--smoke", action="store_true", help="a CPU smoke run: 1 epoch each on 32 images")
+    parser.add_argument("--smoke", action="store_true", help="a CPU smoke run: 1 epoch each on 16 images, PGD-2")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data.root=~/cifar10-jpeg")
     args = parser.parse_args(argv)
 
