@@ -5,8 +5,9 @@
 Each variant fine-tunes the same cached natural model for the same epochs with the same training
 attack, at its own learning rate: the one of --lrs whose seed-0 run ends with the best robust accuracy
 on the validation split (PGD-10; the test split plays no part in the choice). Then every seed is
-evaluated on the test split with clean, PGD-20 and the standard AutoAttack. Prints a Markdown table of
-mean and standard deviation over seeds, the chosen learning rate and the training seconds. Run again
+evaluated on the test split with clean, PGD-20 and the standard AutoAttack, and the per-example worst
+case over them. Prints a Markdown table of mean and standard deviation over seeds, the chosen learning
+rate and the training seconds. Run again
 with the same --storage, it reuses the trainings and evaluations it finished.
 """
 
@@ -51,8 +52,7 @@ def main():
     natural = pretrain.run(config.load(base))["checkpoint"]
     attacks = ["clean", "pgd20", "autoattack"]
     evaluation = [f"eval.attacks=[{','.join(attacks)}]", f"eval.n={args.n}"]
-    rows = [("natural (the start)", "", [evaluate.run(config.load(base + [
-        f"checkpoint={natural}", *evaluation, f"eval.out={args.storage}/natural.json"]))], [0.0])]
+    rows = [("natural (the start)", "", [evaluated(config.load(base + [f"checkpoint={natural}", *evaluation]))], [0.0])]
     for label, extra in VARIANTS:
         lr = choose_lr(base + extra + [f"pretrained={natural}", f"train.seed={args.seeds[0]}"], args.lrs)
         results, costs = [], []
@@ -100,10 +100,10 @@ def mean_sd(values):
 
 def print_table(rows, attacks, args, file=sys.stdout):
     print(f"\n{args.epochs} epochs, seeds {args.seeds}, test accuracy in % (mean ± sd over seeds)\n", file=file)
-    print("| method | lr | " + " | ".join(attacks) + " | train seconds |", file=file)
-    print("|---|---|" + "---|" * (len(attacks) + 1), file=file)
+    print("| method | lr | " + " | ".join(attacks) + " | worst case | train seconds |", file=file)
+    print("|---|---|" + "---|" * (len(attacks) + 2), file=file)
     for label, lr, results, costs in rows:
-        cells = [mean_sd([r[f"{a}_acc"] for r in results]) for a in attacks]
+        cells = [mean_sd([r[key] for r in results]) for key in [f"{a}_acc" for a in attacks] + ["robust_acc"]]
         print(f"| {label} | {lr} | " + " | ".join(cells) + f" | {statistics.mean(costs):.0f} |", file=file)
     file.flush()
 

@@ -159,7 +159,8 @@ def _scan(part: Path) -> tuple[list, list]:
         raise UserError(f"{part} has no class folders; an ImageFolder tree is {part}/<class>/<image>")
     samples = []
     for index, name in enumerate(classes):
-        files = sorted(p for p in (part / name).rglob("*") if p.is_file() and not p.name.startswith("."))
+        files = sorted(Path(folder) / file for folder, _, names in os.walk(part / name)  # no stat per file
+                       for file in names if not file.startswith("."))
         stray = [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
         if stray:
             raise UserError(f"{stray[0]} is not an image ({', '.join(IMAGE_SUFFIXES)}); move it out of {part}")

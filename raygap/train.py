@@ -3,8 +3,8 @@
 Starts from the cached natural model (pre-training it first when missing) unless the run trains from
 scratch (`init=scratch`, or a method that always does) or `pretrained=PATH` names another start,
 trains, writes the exported classifier to `${storage}/${name}/model.pt` and prints that path as its
-last line. Running the same command again
-resumes an interrupted run from its last epoch, or returns at once when it is finished.
+last line. Running the same command again resumes an interrupted run from its last epoch, or returns
+at once when it is finished.
 """
 
 from __future__ import annotations

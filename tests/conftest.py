@@ -1,6 +1,8 @@
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -9,8 +11,18 @@ os.environ["RAY_AUTH_MODE"] = "disabled"
 from raygap import config, pretrain  # noqa: E402
 
 
+CIFAR_SAMPLE = Path(__file__).parent / "data" / "cifar10_jpeg_sample"  # 300 real CIFAR-10 JPEGs, train/<class>/
+
+
 def load(*overrides, storage):
     return config.load([f"storage={storage}", *overrides])
+
+
+def cifar_tree(tmp_path):
+    """A copy of the shipped CIFAR-10 sample, so that its cache is written under tmp_path."""
+    tree = tmp_path / "cifar"
+    shutil.copytree(CIFAR_SAMPLE, tree)
+    return tree
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@
 import pickle
 import shutil
 import struct
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from PIL import Image
 from raygap import data
 from raygap.errors import UserError
 
-from conftest import load
+from conftest import CIFAR_SAMPLE, cifar_tree, load
 
 RNG = np.random.default_rng(0)
 
@@ -102,15 +101,6 @@ def test_image_folder_tree(tmp_path):
     assert len(dataset.train) + len(dataset.val) + len(dataset.test) == 30
 
 
-SAMPLE = Path(__file__).parent / "data" / "cifar10_jpeg_sample"  # 300 real CIFAR-10 JPEGs, train/<class>/
-
-
-def cifar_tree(tmp_path):
-    tree = tmp_path / "cifar"
-    shutil.copytree(SAMPLE, tree)
-    return tree
-
-
 def load_tree(tree):
     return data.load(load("data=cifar10_folder", f"data.root={tree}", storage=tree.parent / "results").data)
 
@@ -123,7 +113,7 @@ def test_cifar10_jpeg_tree_gets_the_cifar_settings_and_is_decoded_once(tmp_path,
     assert (len(first.train), len(first.val), len(first.test)) == (216, 24, 60)  # test carved: 20% of 300
     cfg = load("data=cifar10_folder", f"data.root={tree}", storage=tmp_path).data
     assert (cfg.eps, cfg.crop_padding, cfg.flip) == (8 / 255, 4, True)
-    airplane = np.asarray(Image.open(SAMPLE / "train" / "airplane" / "0000.jpg").convert("RGB")).transpose(2, 0, 1)
+    airplane = np.asarray(Image.open(CIFAR_SAMPLE / "train" / "airplane" / "0000.jpg").convert("RGB")).transpose(2, 0, 1)
     everything = torch.cat([first.train.x, first.val.x, first.test.x]).numpy()
     labels = torch.cat([first.train.y, first.val.y, first.test.y]).numpy()
     assert labels[[i for i, x in enumerate(everything) if np.array_equal(x, airplane)]].tolist() == [0]
@@ -132,7 +122,7 @@ def test_cifar10_jpeg_tree_gets_the_cifar_settings_and_is_decoded_once(tmp_path,
     assert "decoding" not in capsys.readouterr().out  # read from the cache
     assert torch.equal(again.train.x, first.train.x) and torch.equal(again.test.y, first.test.y)
 
-    shutil.copy(SAMPLE / "train" / "cat" / "0000.jpg", tree / "train" / "dog" / "extra.jpg")
+    shutil.copy(CIFAR_SAMPLE / "train" / "cat" / "0000.jpg", tree / "train" / "dog" / "extra.jpg")
     changed = load_tree(tree)
     assert "the tree changed since its cache" in capsys.readouterr().out
     assert len(changed.train) + len(changed.val) + len(changed.test) == 301

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from raygap import config, train
 
-from test_data import cifar_tree
+from conftest import cifar_tree
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -17,8 +17,9 @@ D2 again), each an SGD with lr 0.025, momentum 0.9 and weight decay 5e-4, gradie
 between. The script runs under DataParallel on the two GPUs it sets (CUDA_VISIBLE_DEVICES='1, 2'),
 whose replicas hold copies of the weights, so all three backward passes differentiate the same
 forward at the batch's starting weights. (On one GPU, current PyTorch refuses to backpropagate through
-weights changed in place; the PyTorch < 1.2 its README recommends would silently use the changed ones.) Momentum SGD is linear in
-its gradients, so the three steps are, to first order in the learning rate, one SGD step in which
+weights changed in place; the PyTorch < 1.2 its README recommends would silently use the changed ones.)
+Momentum SGD is linear in its gradients, so the three steps are, to first order in the learning rate,
+one SGD step in which
   D2 gets        alpha * grad(confused)                                   with weight decay 5e-4,
   the rest gets  2 alpha * grad(confused) + 2 sigma * grad(separation) + grad(main)
                  (the confused loss reaches only W and b there)           with weight decay 2 x 5e-4,
@@ -159,7 +160,8 @@ class Objective(Base):
         if self.params.update != "official":
             return super().param_groups(weight_decay)
         d2 = list(self.module.d2.parameters())
-        rest = [p for p in self.module.parameters() if all(p is not q for q in d2)]
+        in_d2 = {id(p) for p in d2}
+        rest = [p for p in self.module.parameters() if id(p) not in in_d2]
         return [{"params": rest, "weight_decay": 2 * weight_decay}, {"params": d2, "weight_decay": weight_decay}]
 
     def loss(self, net, x, y, x_adv):
