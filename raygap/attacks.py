@@ -128,24 +128,40 @@ def autoattack(model, x, y, *, eps: float, norm: str, num_classes: int, seed: in
     return x_adv
 
 
-class AutoAttackWarnings(logging.Handler):
-    """Collects the warnings of AutoAttack's checks (a randomised or dynamic model, softmax outputs, zero
-    gradients, Square beating the white-box attacks) while it is attached: `with AutoAttackWarnings() as w:`."""
+class AutoAttackLog(logging.Handler):
+    """While attached (`with AutoAttackLog(progress) as warnings:`), collects the warnings of AutoAttack's
+    checks (a randomised or dynamic model, softmax outputs, zero gradients, Square beating the white-box
+    attacks) and passes its per-attack progress to `progress`: a standard AutoAttack of a robust CIFAR
+    model runs for many minutes on a CPU, and these lines are the only sign of life meanwhile."""
 
-    def __init__(self):
-        super().__init__(logging.WARNING)
+    PROGRESS = re.compile(r"robust accuracy after (\S+): (\S+) \(total time (\S+) s\)")
+
+    def __init__(self, progress=None):
+        super().__init__(logging.DEBUG)
+        self.progress = progress
         self.messages: list[str] = []
+        self.logger = logging.getLogger("auto-attack")
 
     def emit(self, record):
-        if record.getMessage() not in self.messages:
-            self.messages.append(record.getMessage())
+        message = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            if message not in self.messages:
+                self.messages.append(message)
+        elif self.progress and (match := self.PROGRESS.match(message)):
+            attack, robust, seconds = match.groups()
+            self.progress(f"    AutoAttack: {robust} of this batch left robust after {attack} ({seconds} s so far)")
 
     def __enter__(self):
-        logging.getLogger("auto-attack").addHandler(self)
+        # the authors' code logs its progress at DEBUG level: let it through to this handler only
+        self.saved = self.logger.level, self.logger.propagate
+        self.logger.setLevel(logging.DEBUG if self.progress else logging.WARNING)
+        self.logger.propagate = False
+        self.logger.addHandler(self)
         return self.messages
 
     def __exit__(self, *exc):
-        logging.getLogger("auto-attack").removeHandler(self)
+        self.logger.removeHandler(self)
+        self.logger.level, self.logger.propagate = self.saved
 
 
 def make_attack(name: str, *, eps: float, norm: str = "linf", steps: int | None = None,

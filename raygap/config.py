@@ -224,11 +224,12 @@ def _one_line(err: Exception) -> str:
     return f"{key}: {lines[0]}" if key else lines[0]
 
 
-def load(overrides: list[str], config_name: str = "raygap") -> DictConfig:
+def load(overrides: list[str], config_name: str = "raygap", search: bool = True) -> DictConfig:
     """Compose a config with Hydra overrides, resolve and validate it.
 
     `config_name` names a file of search_spaces/ (without .yaml), or is the path of a YAML file of
-    your own, which may build on the shipped ones (`defaults: [afd, _self_]`).
+    your own, which may build on the shipped ones (`defaults: [afd, _self_]`). `search=False` takes a
+    search space's settings for single runs: its `tune.space` is dropped (another method may lack its keys).
     """
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
@@ -255,6 +256,8 @@ def load(overrides: list[str], config_name: str = "raygap") -> DictConfig:
         with initialize_config_dir(config_dir=str(directory), version_base="1.3"):
             cfg = compose(config_name=config_name, overrides=list(overrides))
         OmegaConf.resolve(cfg)
+        if not search:
+            cfg.tune.space = {}
     except (HydraException, OmegaConfBaseException, ValueError) as err:
         raise UserError(f"bad config: {_one_line(err)}") from None
     validate(cfg)

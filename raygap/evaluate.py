@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from contextlib import contextmanager, nullcontext
 
@@ -18,7 +19,7 @@ import torch
 
 from raygap import checkpoint as ckpt
 from raygap import data, storage
-from raygap.attacks import NORMS, AutoAttackWarnings, accuracy_key, describe, make_attack
+from raygap.attacks import NORMS, AutoAttackLog, accuracy_key, describe, make_attack
 from raygap.errors import UserError
 
 
@@ -135,7 +136,8 @@ def run(cfg) -> dict:
               "attacks": {name: describe(attack) for name, attack in attacks.items()}}
     print(f"evaluating {path} ({method}) on the first {n} test examples of {cfg.data.name}, "
           f"{result['threat_model']} eps={cfg.eval.eps:.4g}, fp32", flush=True)
-    with full_fp32(), AutoAttackWarnings() as warnings:
+    # AutoAttack's progress goes to stderr: live from a Ray task too, whose stdout (this table) is returned
+    with full_fp32(), AutoAttackLog(progress=lambda line: print(line, file=sys.stderr, flush=True)) as warnings:
         report = worst_case(model, subset, attacks, cfg.eval.batch_size, cfg.eval.seed,
                             progress=lambda line: print(line, flush=True))
     result.update({accuracy_key(name): acc for name, acc in report["accuracy"].items()})

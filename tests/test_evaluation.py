@@ -11,7 +11,7 @@ from torch import nn
 
 from conftest import run_cli
 from raygap import checkpoint, data
-from raygap.attacks import AUTOATTACK, AutoAttackWarnings, make_attack, standard_autoattack
+from raygap.attacks import AUTOATTACK, AutoAttackLog, make_attack, standard_autoattack
 from raygap.config import ModelInfoConfig
 from raygap.evaluate import model_info, worst_case
 
@@ -129,16 +129,18 @@ def test_model_info_is_robustbench_format(evaluated):
     assert (cifar["eps"], cifar["architecture"], cifar["reported"]) == ("8/255", "WideResNet-34-10", "47.40")
 
 
-def test_a_model_that_trips_autoattacks_checks_is_flagged(natural_digits):
+def test_a_model_that_trips_autoattacks_checks_is_flagged_and_its_progress_shown(natural_digits):
     cfg, path = natural_digits
     model, _ = checkpoint.load(path)
     softmax = nn.Sequential(model, nn.Softmax(dim=1)).requires_grad_(False)  # probabilities, not logits
     test = data.load(cfg.data).test
     split = data.Split(test.x[:20], test.y[:20])
-    with AutoAttackWarnings() as warnings:
+    progress = []
+    with AutoAttackLog(progress.append) as warnings:
         worst_case(softmax, split, {"apgd-ce": make_attack("apgd-ce", eps=0.1)}, batch_size=20, seed=0,
                    progress=lambda line: None)
     assert any("probability distribution" in w for w in warnings), warnings
+    assert len(progress) == 1 and "after APGD-CE" in progress[0], progress  # the authors' own progress line
 
 
 def test_eval_n_beyond_the_test_split_evaluates_all_of_it(natural_digits, tmp_path):
