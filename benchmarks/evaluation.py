@@ -19,7 +19,7 @@ import tempfile
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-from raygap import checkpoint, config, data, evaluate, pretrain, train  # noqa: E402
+from raygap import checkpoint, config, data, evaluate, runner, train  # noqa: E402
 from raygap.attacks import make_attack  # noqa: E402
 
 ATTACKS = ["pgd20", "pgd50", "apgd-ce", "apgd-t", "autoattack"]
@@ -46,7 +46,7 @@ def main():
 
     base = [f"storage={args.storage}", f"train.epochs={args.epochs}", *args.overrides]
     cfg = config.load(base)
-    models = [("natural", pretrain.run(cfg)["checkpoint"])]
+    models = [("natural", runner.natural_model(cfg)["checkpoint"])]
     for method in args.methods:
         overrides = base + [f"method={method}", f"pretrained={models[0][1]}"]
         models.append((method, train.run(config.load(overrides))["checkpoint"]))

@@ -25,7 +25,7 @@ import tempfile
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-from raygap import config, evaluate, pretrain, storage, train  # noqa: E402
+from raygap import config, evaluate, runner, storage, train  # noqa: E402
 from raygap.errors import Diverged  # noqa: E402
 
 VARIANTS = {
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
     load = lambda overrides: config.load(overrides, args.space, search=False)  # noqa: E731
     args.epochs = load(base).train.epochs
     evaluation = [f"eval.attacks=[{','.join(ATTACKS)}]", f"eval.n={args.n}"]
-    natural = pretrain.run(load(base))["checkpoint"]
+    natural = runner.natural_model(load(base))["checkpoint"]
     rows = {"natural": ("natural (the start)", "", [evaluated(load(base + [f"checkpoint={natural}", *evaluation]))], [0.0])}
     rates = {}
     for seed in args.seeds:

@@ -25,7 +25,7 @@ import time
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-from raygap import config, pretrain, results, train, tune  # noqa: E402
+from raygap import config, results, runner, train, tune  # noqa: E402
 
 
 def main():
@@ -41,7 +41,7 @@ def main():
 
     cores = os.cpu_count()
     base = [f"storage={args.storage}", "method=vaft", f"train.epochs={args.epochs}", *args.overrides]
-    natural = pretrain.run(config.load(base))["checkpoint"]
+    natural = runner.natural_model(config.load(base))["checkpoint"]
     modes = {"in-process": ["train.workers=0"],
              "Ray Train, 1 worker": ["train.workers=1", f"train.cpus_per_worker={cores}"],
              "Ray Train, 2 workers": ["train.workers=2", f"train.cpus_per_worker={cores / 2}"]}

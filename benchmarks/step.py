@@ -28,8 +28,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from raygap.attacks import make_attack
-from raygap.evaluate import autocast
+from raygap.attacks import autocast, make_attack
 from raygap.loop import compile_mode, train_step
 from raygap.methods import METHODS
 from raygap.models import build_model

@@ -25,7 +25,7 @@ import tempfile
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-from raygap import config, evaluate, pretrain, storage, train  # noqa: E402
+from raygap import config, evaluate, runner, storage, train  # noqa: E402
 
 # The paper's Table 1 (ResNet-18, CIFAR-10, L-inf 8/255): clean, PGD-20 (step 0.003), standard AutoAttack.
 PAPER = {"afd": (84.88, 52.70, 47.40), "vaft": (83.93, 51.40, 45.48), "trades": (82.37, 53.27, 48.52)}
@@ -44,7 +44,7 @@ def main(argv=None):
 
     base = [f"storage={args.storage}", "data=cifar10_folder", "model=resnet18", "recipe=afd_paper", *NATURAL,
             "eval.attacks=[clean,pgd20,autoattack]", "eval.n=0", *(SMOKE if args.smoke else []), *args.overrides]
-    natural = pretrain.run(config.load(base))["checkpoint"]
+    natural = runner.natural_model(config.load(base))["checkpoint"]
     rows = []
     for method in PAPER:
         overrides = base + [f"method={method}", f"pretrained={natural}"] + (["method.beta=6"] if method == "trades" else [])

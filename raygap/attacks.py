@@ -12,11 +12,13 @@ from __future__ import annotations
 import functools
 import logging
 import re
+from contextlib import nullcontext
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+from raygap import data
 from raygap.errors import UserError
 
 Attack = Callable[[Callable, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -223,3 +225,27 @@ def describe(attack: Attack | None) -> str:
     loss = "the CW margin" if k["loss_fn"] is margin else "cross-entropy"
     start = "a random start" if k["random_start"] else "the clean input"
     return f"{k['steps']} step{'s' * (k['steps'] > 1)} of {k['step_size']:.4g} on {loss} from {start}"
+
+
+def autocast(device: torch.device, bf16: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+
+
+def correct_mask(model, split: data.Split, attack, batch_size: int, bf16: bool = False) -> torch.Tensor:
+    """Which examples of `split` `model` classifies correctly after `attack` (None: clean): a bool tensor."""
+    device = next(model.parameters()).device
+    correct = []
+    for start in range(0, len(split), batch_size):
+        x = data.to_float(split.x[start:start + batch_size].to(device))
+        y = split.y[start:start + batch_size].to(device)
+        with autocast(device, bf16):
+            if attack is not None:
+                x = attack(model, x, y)
+            with torch.no_grad():
+                correct.append(model(x).argmax(1) == y)
+    return torch.cat(correct) if correct else torch.zeros(0, dtype=torch.bool, device=device)
+
+
+def correct_count(model, split: data.Split, attack, batch_size: int, bf16: bool = False) -> torch.Tensor:
+    """How many examples of `split` `model` classifies correctly after `attack` (None: clean), as a tensor."""
+    return correct_mask(model, split, attack, batch_size, bf16).sum()

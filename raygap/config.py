@@ -432,3 +432,17 @@ def as_dict(cfg: DictConfig) -> dict:
 def from_dict(plain: dict) -> DictConfig:
     """Rebuild a config that was passed through Ray as a plain dict (it was validated before)."""
     return OmegaConf.create(plain)
+
+
+def trial_config(base: dict, params: dict):
+    """The config of one trial: the base config with the searched values set."""
+    from raygap.methods import METHODS
+
+    cfg = OmegaConf.create(base)
+    if "method" in params:
+        cfg.method = OmegaConf.merge(OmegaConf.structured(METHODS[params["method"]].Params),
+                                     method_defaults(cfg.data.name, params["method"]))
+    for key, value in params.items():
+        if key != "method":
+            OmegaConf.update(cfg, key, value)
+    return cfg

@@ -347,3 +347,50 @@ def augment(x: torch.Tensor, crop_padding: int, flip: bool, generator=None) -> t
         x = torch.where(mask, x.flip(3), x)
     return x
 
+
+
+def place(split: Split, device: torch.device, resident: str) -> Split:
+    """The whole split on the training device when it fits (CIFAR-10 takes 150 MB), else in host memory."""
+    if resident == "host" or device.type == "cpu":
+        return split
+    if resident == "auto":
+        free, _ = torch.cuda.mem_get_info(device)
+        if split.x.numel() > 0.25 * free:
+            return Split(split.x.pin_memory(), split.y.pin_memory())
+    return split.to(device)
+
+
+@dataclass
+class Batches:
+    """One rank's training batches of `split`: floats in [0, 1] on `device`, augmented.
+
+    Each epoch shuffles the whole split with a seed of its own (seed, epoch), so a run resumed from
+    epoch k's checkpoint replays epoch k+1 exactly, and gives every rank an equal shard of it (the
+    remainder of a division by `world` is left out), so DDP ranks stay in step.
+    """
+
+    split: Split
+    batch_size: int  # per rank
+    rank: int
+    world: int
+    seed: int
+    device: torch.device
+    crop_padding: int = 0
+    flip: bool = False
+    channels_last: bool = False
+
+    def __post_init__(self):
+        self.epoch_len = len(self.split) - len(self.split) % self.world  # images per epoch, all ranks
+        self.steps = -(-(self.epoch_len // self.world) // self.batch_size)  # batches per epoch and rank
+
+    def epoch(self, epoch: int):
+        order = torch.randperm(len(self.split), generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+        shard = order[:self.epoch_len][self.rank::self.world]
+        for begin in range(0, len(shard), self.batch_size):
+            index = shard[begin:begin + self.batch_size]
+            x = to_float(self.split.x[index].to(self.device, non_blocking=True))
+            y = self.split.y[index].to(self.device, non_blocking=True)
+            x = augment(x, self.crop_padding, self.flip)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, y

@@ -13,38 +13,14 @@ import json
 import math
 import sys
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 
 import torch
 
 from raygap import checkpoint as ckpt
 from raygap import data, storage
-from raygap.attacks import NORMS, AutoAttackLog, accuracy_key, describe, make_attack
+from raygap.attacks import NORMS, AutoAttackLog, accuracy_key, correct_mask, describe, make_attack
 from raygap.errors import UserError
-
-
-def autocast(device: torch.device, bf16: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-
-
-def correct_mask(model, split: data.Split, attack, batch_size: int, bf16: bool = False) -> torch.Tensor:
-    """Which examples of `split` `model` classifies correctly after `attack` (None: clean): a bool tensor."""
-    device = next(model.parameters()).device
-    correct = []
-    for start in range(0, len(split), batch_size):
-        x = data.to_float(split.x[start:start + batch_size].to(device))
-        y = split.y[start:start + batch_size].to(device)
-        with autocast(device, bf16):
-            if attack is not None:
-                x = attack(model, x, y)
-            with torch.no_grad():
-                correct.append(model(x).argmax(1) == y)
-    return torch.cat(correct) if correct else torch.zeros(0, dtype=torch.bool, device=device)
-
-
-def correct_count(model, split: data.Split, attack, batch_size: int, bf16: bool = False) -> torch.Tensor:
-    """How many examples of `split` `model` classifies correctly after `attack` (None: clean), as a tensor."""
-    return correct_mask(model, split, attack, batch_size, bf16).sum()
 
 
 def worst_case(model, split: data.Split, attacks: dict, batch_size: int, seed: int, progress=print) -> dict:

@@ -1,33 +1,32 @@
 """The per-worker training loop, shared by natural pre-training and every defence.
 
-`train_loop(job)` is a plain function: it runs in this process (train.workers=0) or, unchanged, on
-every worker of a Ray Train run. It holds the data on the training device, makes adversarial examples
-on the module in eval mode, steps SGD with the configured schedule, keeps a weight EMA, measures clean
-and robust validation accuracy each epoch, reports every epoch with a checkpoint of the whole training
-state, and on rank 0 exports the deployable classifier at the end.
+`train_loop(job, context)` is a plain function: it runs in this process (train.workers=0) or, unchanged,
+on every worker of a Ray Train run (runner.py decides which, and gives it its context). It builds the
+method's objective, then for each epoch: for each batch (data.Batches), makes adversarial examples on
+the module in eval mode and steps SGD with the configured schedule and a weight EMA; validates clean
+and robust accuracy; records the epoch (progress line, epochs table) and reports it with a checkpoint
+of the whole training state. Rank 0 exports the deployable classifier at the end.
 """
 
 from __future__ import annotations
 
 import copy
-import io
+import dataclasses
 import math
-import os
-import signal
 import sys
-import tempfile
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from omegaconf import OmegaConf
 from torch import nn
 
 from raygap import checkpoint as ckpt
-from raygap import data, results, storage
-from raygap.attacks import make_attack
+from raygap import data, faults, results, storage
+from raygap.attacks import autocast, correct_count, make_attack
 from raygap.config import from_dict
 from raygap.errors import Diverged
-from raygap.evaluate import autocast, correct_count
 from raygap.methods import METHODS, params_of
 from raygap.models import build_model, forward_flops
 
@@ -93,135 +92,10 @@ def afd_lr_factor(progress: float) -> float:
     return 0.8 * 0.5 ** sum(epoch >= start - 1e-9 for start in (12, 14, 16, 18))
 
 
-class LocalContext:
-    """One process, checkpoints in `run_dir/state.pt` (latest only)."""
-
-    rank, world, cpus, node = 0, 1, 1.0, None
-
-    def __init__(self, run_dir: str):
-        self.path = storage.join(run_dir, "state.pt")
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.gpus = 1.0 if self.device.type == "cuda" else 0.0
-
-    def restore(self):
-        if not storage.exists(self.path):
-            return None
-        return torch.load(io.BytesIO(storage.read_bytes(self.path)), map_location=self.device, weights_only=True)
-
-    def report(self, metrics: dict, state: dict):
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        storage.write_bytes(self.path, buffer.getvalue())
-
-
-class TuneTrialContext(LocalContext):
-    """A Tune trial that trains in its own process (train.workers=0). Its checkpoint is `state.pt` in the
-    run folder, as for a run in this process: unlike the checkpoint in Tune's last saved experiment
-    state, it is always the newest, so a resumed search never trains a finished epoch again. Each
-    epoch's metrics go to Tune."""
-
-    def __init__(self, run_dir: str, cpus: float, gpus: float):
-        import ray
-
-        super().__init__(run_dir)
-        if not gpus:
-            self.device = torch.device("cpu")
-        self.cpus, self.gpus = cpus, gpus
-        self.node = ray.get_runtime_context().get_node_id()
-
-    def report(self, metrics: dict, state: dict):
-        import ray.tune
-
-        super().report(metrics, state)
-        ray.tune.report(metrics)
-
-
-class RayContext:
-    """A worker of a Ray Train run: rank and device from Ray, checkpoints through `ray.train.report`."""
-
-    def __init__(self, cpus: float, gpus: float):
-        import ray
-        import ray.train
-        import ray.train.torch
-
-        context = ray.train.get_context()
-        self.rank, self.world = context.get_world_rank(), context.get_world_size()
-        self.device = ray.train.torch.get_device()
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            self.device = torch.device("cpu")  # a GPU that is only a resource (Ray's fake_multinode nodes)
-        self.cpus, self.gpus = cpus, gpus
-        self.node = ray.get_runtime_context().get_node_id()
-
-    def restore(self):
-        import ray.train
-
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
-            return None
-        with checkpoint.as_directory() as folder:
-            return torch.load(os.path.join(folder, "state.pt"), map_location=self.device, weights_only=True)
-
-    def report(self, metrics: dict, state: dict | None):
-        import ray.train
-
-        if state is None:  # every rank reports; rank 0 attaches the checkpoint
-            ray.train.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as folder:
-            torch.save(state, os.path.join(folder, "state.pt"))
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
-
-
-def ray_train_loop(job: dict):
-    """The entry point of each Ray Train worker."""
-    t = job["cfg"][job["stage"]]
-    train_loop(job, RayContext(t["cpus_per_worker"], t["gpus_per_worker"]))
-
-
-def _test_out_of_memory(job: dict):
-    """Test-only: with RAYGAP_TEST_OOM=1, every run of the first trial of a search to start raises an
-    out-of-memory error (the trial claims a marker file in the local experiment folder)."""
-    if not os.environ.get("RAYGAP_TEST_OOM") or not job.get("trial_id"):
-        return
-    claim = os.path.join(job["experiment_dir"], ".test-oom-trial")
-    try:
-        with open(claim, "x") as fh:
-            fh.write(job["trial_id"])
-    except FileExistsError:
-        pass
-    with open(claim) as fh:
-        if fh.read() == job["trial_id"]:
-            raise torch.OutOfMemoryError(f"test fault RAYGAP_TEST_OOM in trial {job['trial_id']}: out of memory")
-
-
-def _fault_switch(job: dict, rank: int, world: int, epoch: int, batch: int):
-    """Test-only: RAYGAP_TEST_KILL=<epoch>:<batch> kills the last rank's process once, mid-epoch."""
-    target = os.environ.get("RAYGAP_TEST_KILL")
-    if not target or target != f"{epoch + 1}:{batch}" or rank != world - 1:
-        return
-    marker = storage.join(job["run_dir"], ".test-kill-done")
-    if storage.exists(marker):
-        return
-    storage.write_bytes(marker, b"")
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-def place(split: data.Split, device: torch.device, resident: str) -> data.Split:
-    """The whole split on the training device when it fits (CIFAR-10 takes 150 MB), else in host memory."""
-    if resident == "host" or device.type == "cpu":
-        return split
-    if resident == "auto":
-        free, _ = torch.cuda.mem_get_info(device)
-        if split.x.numel() > 0.25 * free:
-            return data.Split(split.x.pin_memory(), split.y.pin_memory())
-    return split.to(device)
-
-
-def start_model(job: dict, dataset: data.Dataset) -> nn.Module:
-    cfg = from_dict(job["cfg"])
-    if job.get("start"):
-        model, payload = ckpt.load(job["start"])
-        ckpt.check_compatible(payload["arch"], job["start"], cfg.model.name, dataset.in_shape, dataset.num_classes)
+def start_model(job: Job, cfg, dataset: data.Dataset) -> nn.Module:
+    if job.start:
+        model, payload = ckpt.load(job.start)
+        ckpt.check_compatible(payload["arch"], job.start, cfg.model.name, dataset.in_shape, dataset.num_classes)
         return model
     return build_model(cfg.model.name, dataset.in_shape, dataset.num_classes, dataset.mean, dataset.std)
 
@@ -266,53 +140,148 @@ def train_step(objective, module: nn.Module, net: nn.Module, optimizer, x, y, bf
     return parts
 
 
-def train_loop(job: dict, context=None) -> dict | None:
-    """Train `job["cfg"]` with the settings of node `job["stage"]` (train or pretrain).
+@dataclass
+class Job:
+    """One training run, as the loop needs it: plain data, so that it travels to Ray Train workers."""
 
-    job: {"cfg": plain config, "stage": "train" | "pretrain", "start": checkpoint to start from or None,
-    "run_dir": where the exported model goes, "experiment_dir" and "trial_id": where and under which id
-    the epochs table gets this run's rows, "label": the name shown in progress lines}.
-    Returns the per-epoch metrics (a list of rows) on rank 0, None on the other ranks.
-    """
+    cfg: dict  # the whole config, plain
+    method: str  # the objective trained: the config's method, or "natural" for pre-training
+    stage: str  # the config node of the training settings: "train" or "pretrain"
+    start: str | None  # the checkpoint to start from; None: random weights
+    run_dir: str  # where the state and the exported model go
+    label: str = ""  # the name in progress lines (default: the method)
+    experiment_dir: str = ""  # where the epochs table gets this run's rows (default: run_dir)
+    trial_id: str = ""  # this run's id in that table (default: run_dir's last part)
+
+    def __post_init__(self):
+        self.label = self.label or self.method
+        self.experiment_dir = self.experiment_dir or self.run_dir
+        self.trial_id = self.trial_id or self.run_dir.rsplit("/", 1)[-1]
+
+    @property
+    def training(self):
+        """The training settings (a TrainConfig node)."""
+        return OmegaConf.create(self.cfg[self.stage])
+
+    def as_plain(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Parts:
+    """What a run trains with, built once: the objective and its module under its three uses."""
+
+    objective: object
+    module: nn.Module  # the trained module
+    attacked: nn.Module  # what the training attack runs on: the module, or its compiled wrapper
+    net: nn.Module  # what the loss runs on: the module, maybe wrapped in DDP and compiled
+    compiled: bool
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    ema: EMA | None
+
+    def state(self) -> dict:
+        return {"module": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "ema": self.ema.state_dict() if self.ema else None}
+
+    def load(self, state: dict):
+        self.module.load_state_dict(state["module"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema:
+            self.ema.load_state_dict(state["ema"])
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """The weights that are validated and exported: the EMA's when there is one."""
+        return self.ema.module if self.ema else self.module
+
+
+def train_loop(job: Job, context) -> list | None:
+    """Train `job` in `context` (a runner context: rank, device, restore and report). Returns the
+    per-epoch metrics (a list of rows) on rank 0, None on the other ranks."""
     # A run that diverged once diverges again: its restarts (Ray Train's, Tune's, a re-run of the same
     # command) end at once with the first reason instead of training up to the same NaN.
-    diverged = storage.join(job["run_dir"], "diverged.txt")
+    diverged = storage.join(job.run_dir, "diverged.txt")
     if storage.exists(diverged):
         raise Diverged(storage.read_bytes(diverged).decode())
-    cfg = from_dict(job["cfg"])
-    t = cfg[job["stage"]]
-    context = context or LocalContext(job["run_dir"])
-    rank, world, device = context.rank, context.world, context.device
+    cfg = from_dict(job.cfg)
+    t, rank, world, device = cfg[job.stage], context.rank, context.world, context.device
     bf16 = device.type == "cuda" and t.precision in ("auto", "bf16")
-    channels_last = device.type == "cuda" and t.channels_last
     torch.manual_seed(t.seed)
-
     dataset = data.load(cfg.data)
-    train_split = place(dataset.train, device, cfg.data.resident)
-    val = dataset.val if not cfg.eval.val_n else data.Split(dataset.val.x[:cfg.eval.val_n], dataset.val.y[:cfg.eval.val_n])
-    val_shard = data.Split(val.x[rank::world], val.y[rank::world]).to(device)
+    batches = data.Batches(data.place(dataset.train, device, cfg.data.resident), max(1, t.batch_size // world),
+                           rank, world, t.seed, device, cfg.data.crop_padding, cfg.data.flip,
+                           channels_last=device.type == "cuda" and t.channels_last)
+    val = validation(cfg, dataset, rank, world, device)
+    parts = build(job, cfg, dataset, context, steps=batches.steps * t.epochs)
+    history, start_epoch = [], 0
+    if (state := context.restore()) is not None:
+        parts.load(state)
+        history, start_epoch = state["history"], state["epoch"] + 1
+    faults.at_start(job)
+    # The starting model's clean accuracy, to tell a first epoch that wrecks it (too high a learning rate)
+    start_clean = val.accuracy(parts.module, [None], bf16)[0] if job.start and start_epoch == 0 else None
+    flops_per_image = forward_flops(parts.objective.export(parts.module), dataset.in_shape) * \
+        parts.objective.passes(cfg.attack.steps)
+    peak = peak_flops(device, bf16) * world
+    for epoch in range(start_epoch, t.epochs):
+        started = time.perf_counter()
+        torch.manual_seed(t.seed * 1_000_003 + epoch * 101 + rank)  # seeds per (seed, epoch, rank): resumes replay
+        sums = {}
+        for batch, (x, y) in enumerate(batches.epoch(epoch)):
+            faults.each_batch(job, rank, world, epoch, batch)
+            losses = train_step(parts.objective, parts.attacked, parts.net, parts.optimizer, x, y, bf16, parts.compiled)
+            parts.scheduler.step()
+            if parts.ema:
+                parts.ema.update(parts.module)
+            for key, value in losses.items():
+                sums[key] = sums.get(key, 0) + value.detach().float() * len(y)
+        train_seconds = time.perf_counter() - started
+        losses = _mean_over_workers(sums, batches.epoch_len // world, world)
+        if not math.isfinite(losses.get("loss", 0.0)):
+            reason = f"training diverged: the loss is {losses['loss']} in epoch {epoch + 1}; lower {job.stage}.lr (now {t.lr})"
+            if rank == 0:
+                storage.write_bytes(diverged, reason.encode())
+            raise Diverged(reason)
+        clean_acc, robust_acc = val.accuracy(parts.evaluated, [None, val.attack], bf16)
+        if epoch == 0 and start_clean is not None and clean_acc < start_clean / 2 and rank == 0:
+            sys.stdout.write(f"[{job.label}] warning: clean validation accuracy fell from {start_clean:.1%} to "
+                             f"{clean_acc:.1%} in the first epoch; {job.stage}.lr={t.lr:g} is likely too high "
+                             f"for this model and data: lower it (e.g. {job.stage}.lr={t.lr / 2.5:g})\n")
+        wall = time.perf_counter() - started
+        images_per_s = batches.epoch_len / train_seconds
+        row = {"epoch": epoch + 1, "lr": parts.optimizer.param_groups[0]["lr"], **losses, "clean_acc": clean_acc,
+               "robust_acc": robust_acc, "images_per_s": images_per_s,
+               "mfu": images_per_s * flops_per_image / peak if peak else None,
+               "train_seconds": train_seconds, "wall_seconds": wall,
+               "gpu_seconds": wall * context.gpus * world, "cpu_seconds": wall * context.cpus * world,
+               "finished_at": time.time(), "node": context.node}
+        history.append(row)
+        if rank == 0:
+            record(job, row, history, t.epochs)
+            if epoch + 1 == t.epochs:  # before the last report: Tune may stop a trial as soon as it is reported
+                export(job, cfg, dataset, parts, history)
+        context.report(row, {"epoch": epoch, **parts.state(), "history": history} if rank == 0 else None)
+    return history if rank == 0 else None
 
-    method_name = "natural" if job["stage"] == "pretrain" else cfg.method.name
-    method_module = METHODS[method_name]
+
+def build(job: Job, cfg, dataset: data.Dataset, context, steps: int) -> Parts:
+    """The objective (on the start model), its optimiser, schedule and EMA, on the context's device."""
+    t, device, world = cfg[job.stage], context.device, context.world
+    method = METHODS[job.method]
     a = cfg.attack
     attack = make_attack(a.name, eps=a.eps, norm=a.norm, steps=a.steps, step_size=a.step_size,
                          random_start=a.random_start)
-    params = params_of(cfg.method) if method_name == cfg.method.name else method_module.Params()
-    objective = method_module.Objective(start_model(job, dataset), params, attack)
+    params = params_of(cfg.method) if job.method == cfg.method.name else method.Params()
+    objective = method.Objective(start_model(job, cfg, dataset), params, attack)
     if hasattr(objective, "teacher"):
         objective.teacher.to(device)
     module = objective.module.to(device)
-    if channels_last:
+    if device.type == "cuda" and t.channels_last:
         module = module.to(memory_format=torch.channels_last)
-    val_attack = make_attack(cfg.eval.val_attack, eps=cfg.eval.eps, norm=cfg.eval.norm,
-                             num_classes=dataset.num_classes, seed=cfg.eval.seed)
-
-    per_worker_batch = max(1, t.batch_size // world)
-    epoch_len = len(train_split) - len(train_split) % world  # equal shards, so DDP ranks stay in step
-    steps_per_epoch = math.ceil(epoch_len // world / per_worker_batch)
     optimizer = torch.optim.SGD(objective.param_groups(t.weight_decay), lr=t.lr, momentum=t.momentum)
-    total_steps = steps_per_epoch * t.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(t, step / total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(t, step / steps))
     ema = EMA(module, t.ema_decay) if t.ema else None
     net = module
     if world > 1:
@@ -327,96 +296,52 @@ def train_loop(job: dict, context=None) -> dict | None:
         torch.compiler.reset()
         attacked = torch.compile(module, mode=mode)
         net = attacked if net is module else torch.compile(net, mode=mode)
-
-    history, start_epoch = [], 0
-    state = context.restore()
-    if state is not None:
-        module.load_state_dict(state["module"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if ema:
-            ema.load_state_dict(state["ema"])
-        history, start_epoch = state["history"], state["epoch"] + 1
-
-    _test_out_of_memory(job)
-    # The starting model's clean accuracy, to tell a first epoch that wrecks it (too high a learning rate)
-    start_clean = None
-    if job.get("start") and start_epoch == 0:
-        start_clean = val_accuracy(module, val_shard, len(val), [None], cfg.eval.batch_size, bf16, world)[0]
-    flops_per_image = forward_flops(objective.export(module), dataset.in_shape) * objective.passes(a.steps)
-    peak = peak_flops(device, bf16) * world
-    for epoch in range(start_epoch, t.epochs):
-        started = time.perf_counter()
-        # Seeds per (seed, epoch, rank): a run resumed from epoch k's checkpoint replays epoch k+1 exactly.
-        order = torch.randperm(len(train_split), generator=torch.Generator().manual_seed(t.seed * 100_003 + epoch))
-        torch.manual_seed(t.seed * 1_000_003 + epoch * 101 + rank)
-        shard = order[:epoch_len][rank::world]
-        sums = {}
-        for batch, begin in enumerate(range(0, len(shard), per_worker_batch)):
-            _fault_switch(job, rank, world, epoch, batch)
-            index = shard[begin:begin + per_worker_batch]
-            x = data.to_float(train_split.x[index].to(device, non_blocking=True))
-            y = train_split.y[index].to(device, non_blocking=True)
-            x = data.augment(x, cfg.data.crop_padding, cfg.data.flip)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            parts = train_step(objective, attacked, net, optimizer, x, y, bf16, compiled=mode is not None)
-            scheduler.step()
-            if ema:
-                ema.update(module)
-            for key, value in parts.items():
-                sums[key] = sums.get(key, 0) + value.detach().float() * len(y)
-        train_seconds = time.perf_counter() - started
-        losses = _mean_over_workers(sums, len(shard), world)
-        if not math.isfinite(losses.get("loss", 0.0)):
-            reason = (f"training diverged: the loss is {losses['loss']} in epoch {epoch + 1}; "
-                      f"lower {job['stage']}.lr (now {t.lr})")
-            if rank == 0:
-                storage.write_bytes(diverged, reason.encode())
-            raise Diverged(reason)
-
-        evaluated = ema.module if ema else module
-        clean_acc, robust_acc = val_accuracy(evaluated, val_shard, len(val), [None, val_attack],
-                                             cfg.eval.batch_size, bf16, world)
-        if epoch == 0 and start_clean is not None and clean_acc < start_clean / 2 and rank == 0:
-            sys.stdout.write(f"[{job['label']}] warning: clean validation accuracy fell from {start_clean:.1%} to "
-                             f"{clean_acc:.1%} in the first epoch; {job['stage']}.lr={t.lr:g} is likely too high "
-                             f"for this model and data: lower it (e.g. {job['stage']}.lr={t.lr / 2.5:g})\n")
-        wall = time.perf_counter() - started
-        images_per_s = epoch_len / train_seconds
-        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **losses, "clean_acc": clean_acc,
-               "robust_acc": robust_acc, "images_per_s": images_per_s,
-               "mfu": images_per_s * flops_per_image / peak if peak else None,
-               "train_seconds": train_seconds, "wall_seconds": wall,
-               "gpu_seconds": wall * context.gpus * world, "cpu_seconds": wall * context.cpus * world,
-               "finished_at": time.time(), "node": context.node}
-        history.append(row)
-        if rank == 0:
-            _print_progress(job["label"], row, history, t.epochs)
-            # before the report: if this process dies after writing, the epoch re-runs and replaces its row
-            results.write_epochs(job["experiment_dir"], job["trial_id"], job["cfg"], history)
-            if epoch + 1 == t.epochs:
-                # before the last report too: Tune may stop a trial as soon as its last epoch is reported
-                final = copy.deepcopy(objective.export(evaluated)).float().cpu().eval()  # the state is saved next
-                final = final.to(memory_format=torch.contiguous_format)
-                meta = {"method": method_name, "stage": job["stage"], "epochs": t.epochs, "history": history}
-                ckpt.save(storage.join(job["run_dir"], "model.pt"), final,
-                          ckpt.arch_of(final, cfg.model.name, dataset.in_shape), job["cfg"], meta)
-        state = {"epoch": epoch, "module": module.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema else None, "history": history}
-        context.report(row, state if rank == 0 else None)
-    return history if rank == 0 else None
+    return Parts(objective, module, attacked, net, mode is not None, optimizer, scheduler, ema)
 
 
-def val_accuracy(model: nn.Module, shard: data.Split, n: int, attacks: list, batch_size: int, bf16: bool,
-                 world: int) -> list[float]:
-    """Accuracy of `model` in eval mode on the validation split (this rank holds `shard` of its `n`
-    examples) under each attack (None: clean), summed over the ranks."""
-    model.eval()
-    counts = torch.stack([correct_count(model, shard, attack, batch_size, bf16) for attack in attacks]).float()
-    if world > 1:
-        dist.all_reduce(counts)
-    return (counts / n).tolist()
+def record(job: Job, row: dict, history: list, epochs: int):
+    """Rank 0's record of an epoch: the progress line and the epochs table (written before the epoch's
+    report: if this process dies after writing, the epoch re-runs and replaces its row)."""
+    _print_progress(job.label, row, history, epochs)
+    results.write_epochs(job.experiment_dir, job.trial_id, job.cfg, history)
+
+
+def export(job: Job, cfg, dataset: data.Dataset, parts: Parts, history: list):
+    """The deployable classifier, fp32 on the CPU, to `<run_dir>/model.pt` (the training state is saved next)."""
+    final = copy.deepcopy(parts.objective.export(parts.evaluated)).float().cpu().eval()
+    final = final.to(memory_format=torch.contiguous_format)
+    meta = {"method": job.method, "stage": job.stage, "epochs": len(history), "history": history}
+    ckpt.save(storage.join(job.run_dir, "model.pt"), final, ckpt.arch_of(final, cfg.model.name, dataset.in_shape),
+              job.cfg, meta)
+
+
+@dataclass
+class Validation:
+    """This rank's share of the validation split (eval.val_n examples) and the fixed validation attack."""
+
+    shard: data.Split
+    n: int
+    attack: object
+    batch_size: int
+    world: int
+
+    def accuracy(self, model: nn.Module, attacks: list, bf16: bool) -> list[float]:
+        """Accuracy of `model` in eval mode under each attack (None: clean), summed over the ranks."""
+        model.eval()
+        counts = torch.stack([correct_count(model, self.shard, attack, self.batch_size, bf16) for attack in attacks])
+        counts = counts.float()
+        if self.world > 1:
+            dist.all_reduce(counts)
+        return (counts / self.n).tolist()
+
+
+def validation(cfg, dataset: data.Dataset, rank: int, world: int, device) -> Validation:
+    n = cfg.eval.val_n or len(dataset.val)
+    val = data.Split(dataset.val.x[:n], dataset.val.y[:n])
+    attack = make_attack(cfg.eval.val_attack, eps=cfg.eval.eps, norm=cfg.eval.norm, num_classes=dataset.num_classes,
+                         seed=cfg.eval.seed)
+    return Validation(data.Split(val.x[rank::world], val.y[rank::world]).to(device), len(val), attack,
+                      cfg.eval.batch_size, world)
 
 
 def _print_progress(label: str, row: dict, history: list, epochs: int):

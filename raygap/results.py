@@ -1,4 +1,5 @@
-"""The Parquet tables: `epochs` (one row per trial and epoch) and `trials` (one row per trial).
+"""The Parquet tables: `epochs` (one row per trial and epoch) and `trials` (one row per trial; the
+search's Recorder writes it).
 
 Each table is a folder of part files, one per trial, under `${storage}/${name}/<table>/`, rewritten
 whole and atomically whenever that trial has news: a crash never leaves a half-written file, and a
@@ -78,6 +79,26 @@ def epochs_schema() -> pa.Schema:
     fields += [(m, pa.float64()) for m in EPOCH_METRICS] + [(f"loss_{p}", pa.float64()) for p in loss_parts()]
     fields += [("node", pa.string())]  # the Ray node of rank 0; null in this process
     return pa.schema(fields + list(config_fields()))
+
+
+def trials_schema(cfg) -> pa.Schema:
+    """The trials table: one row per trial, with the finalists' test columns of `cfg.final_eval`."""
+    fields = [("experiment", pa.string()), ("trial_id", pa.string()), ("status", pa.string()), ("error", pa.string()),
+              ("retries", pa.int64()),
+              ("epochs", pa.int64()), ("clean_acc", pa.float64()), ("robust_acc", pa.float64()),
+              ("loss", pa.float64()), ("best_robust_acc", pa.float64()), ("best_epoch", pa.int64()),
+              ("wall_seconds", pa.float64()), ("gpu_seconds", pa.float64()), ("cpu_seconds", pa.float64()),
+              ("started_at", pa.float64()), ("ended_at", pa.float64()), ("model_path", pa.string()),
+              ("finalist", pa.bool_()), ("params", pa.string()), ("config", pa.string())]
+    fields += [(column, pa.float64()) for column in test_columns(cfg)]
+    return pa.schema(fields + list(config_fields()))
+
+
+def test_columns(cfg) -> list[str]:
+    """The finalists' test-split columns: clean, each final attack's own accuracy, and the per-example worst case."""
+    from raygap.attacks import accuracy_key
+
+    return [f"test_{accuracy_key(a)}" for a in dict.fromkeys(["clean", *cfg.final_eval.attacks])] + ["test_robust_acc"]
 
 
 def flatten(config: dict, prefix: str = "") -> dict:

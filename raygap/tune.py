@@ -22,12 +22,11 @@ import time
 from pathlib import Path
 
 from omegaconf import OmegaConf
-from ray.tune import Callback
 
 from raygap import results, storage
-from raygap.attacks import accuracy_key
-from raygap.config import as_dict, digest, method_defaults
+from raygap.config import as_dict, digest, trial_config
 from raygap.errors import StorageError, UserError
+from raygap.recorder import Recorder
 
 DEFAULT_SEARCH = "afd"
 
@@ -51,28 +50,15 @@ def suggest(trial, space: dict) -> None:
             chosen[key] = trial.suggest_float(key, d["low"], d["high"], log=d["type"] == "loguniform")
 
 
-def trial_config(base: dict, params: dict):
-    """The config of one trial: the base config with the searched values set."""
-    from raygap.methods import METHODS
-
-    cfg = OmegaConf.create(base)
-    if "method" in params:
-        cfg.method = OmegaConf.merge(OmegaConf.structured(METHODS[params["method"]].Params),
-                                     method_defaults(cfg.data.name, params["method"]))
-    for key, value in params.items():
-        if key != "method":
-            OmegaConf.update(cfg, key, value)
-    return cfg
-
-
 def run_trial(config: dict) -> None:
     """The Tune function trainable. With train.workers >= 1 the trial is a Ray Train run whose epochs reach
     Tune via TuneReportCallback; with train.workers = 0 the trial's own process trains and reports."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from raygap.loop import TuneTrialContext
-    from raygap.train import execute, from_scratch
+    from raygap import runner
+    from raygap.loop import Job
+    from raygap.methods import from_scratch
 
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = trial_config(config["base"], {k: v for k, v in config.items() if k != "base"})
@@ -81,11 +67,12 @@ def run_trial(config: dict) -> None:
     run_dir = storage.join(experiment_dir, "runs", trial_id)
     context = None  # a Ray Train run of train.workers workers
     if cfg.train.workers == 0:  # this process trains: no Train controller and workers to start, seconds a trial
-        context = TuneTrialContext(run_dir, cfg.train.cpus_per_worker, cfg.train.gpus_per_worker)
+        context = runner.TuneTrialContext(run_dir, cfg.train.cpus_per_worker, cfg.train.gpus_per_worker)
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # not a line per checkpoint
     started = time.time()
-    history = execute(cfg, stage="train", start=start, run_dir=run_dir, label=trial_id, experiment_dir=experiment_dir,
-                      trial_id=trial_id, callbacks=[TuneReportCallback()], context=context)
+    job = Job(as_dict(cfg), cfg.method.name, "train", start, run_dir, label=trial_id, experiment_dir=experiment_dir,
+              trial_id=trial_id)
+    history = runner.execute(job, callbacks=[TuneReportCallback()], context=context)
     if not any(row["finished_at"] >= started for row in history):
         # The run had ended before a stopped driver saved the trial's end, so Tune ran it again and no
         # epoch was reported this time: report the last one, which Tune and the searcher expect.
@@ -99,182 +86,6 @@ def trial_process_resources(cfg) -> dict:
         for key, amount in {"CPU": cfg.train.cpus_per_worker, "GPU": cfg.train.gpus_per_worker}.items():
             own[key] = own.get(key, 0) + amount
     return own
-
-
-def trials_schema(cfg):
-    import pyarrow as pa
-
-    fields = [("experiment", pa.string()), ("trial_id", pa.string()), ("status", pa.string()), ("error", pa.string()),
-              ("retries", pa.int64()),
-              ("epochs", pa.int64()), ("clean_acc", pa.float64()), ("robust_acc", pa.float64()),
-              ("loss", pa.float64()), ("best_robust_acc", pa.float64()), ("best_epoch", pa.int64()),
-              ("wall_seconds", pa.float64()), ("gpu_seconds", pa.float64()), ("cpu_seconds", pa.float64()),
-              ("started_at", pa.float64()), ("ended_at", pa.float64()), ("model_path", pa.string()),
-              ("finalist", pa.bool_()), ("params", pa.string()), ("config", pa.string())]
-    fields += [(column, pa.float64()) for column in test_columns(cfg)]
-    return pa.schema(fields + list(results.config_fields()))
-
-
-def test_columns(cfg) -> list[str]:
-    """The finalists' test-split columns: clean, each final attack's own accuracy, and the per-example worst case."""
-    return [f"test_{accuracy_key(a)}" for a in dict.fromkeys(["clean", *cfg.final_eval.attacks])] + ["test_robust_acc"]
-
-
-class Recorder(Callback):
-    """A Tune callback on the driver: one trials-table row per trial, rewritten on every event, and
-    one line of progress per finished trial."""
-
-    def __init__(self, cfg, experiment: str):
-        self.experiment = experiment
-        self.experiment_dir = storage.join(cfg.storage, experiment)
-        self.epochs = cfg.train.epochs
-        self.objective = cfg.tune.objectives[0]
-        self.num_samples = cfg.tune.num_samples
-        self.max_failures = cfg.tune.max_failures
-        self.schema = trials_schema(cfg)
-        self.rows: dict = {}
-        self.started = time.time()
-
-    def setup(self, **info):
-        self.live_now, self.ended_now = set(), set()  # trials live (pending, running) and ended in this session
-        self.stopped_by = None  # the error that stops the search, if one does
-        previous = results.read_table(self.experiment_dir, "trials")
-        for row in previous.to_dict("records"):
-            self.rows[row["trial_id"]] = row
-
-    def _row(self, trial) -> dict:
-        row = self.rows.setdefault(trial.trial_id, {"trial_id": trial.trial_id, "started_at": time.time()})
-        params = {k: v for k, v in trial.config.items() if k not in ("base", "experiment")}
-        cfg = trial_config(trial.config["base"], params)
-        row.update({"experiment": self.experiment, "params": json.dumps(params), "config": json.dumps(as_dict(cfg)),
-                    **results.flatten(as_dict(cfg))})
-        return row
-
-    def _save(self, trial_id: str):
-        results.write(storage.join(self.experiment_dir, "trials", f"{trial_id}.parquet"), [self.rows[trial_id]],
-                      self.schema)
-
-    def _update_metrics(self, row: dict, history: list):
-        if not history:
-            return
-        last = history[-1]
-        best = max(history, key=lambda r: r["robust_acc"])
-        row.update({"epochs": last["epoch"], "clean_acc": last["clean_acc"], "robust_acc": last["robust_acc"],
-                    "loss": last.get("loss"), "best_robust_acc": best["robust_acc"], "best_epoch": best["epoch"],
-                    "wall_seconds": sum(r["wall_seconds"] for r in history),
-                    "gpu_seconds": sum(r["gpu_seconds"] for r in history),
-                    "cpu_seconds": sum(r["cpu_seconds"] for r in history)})
-
-    def _history(self, trial_id: str) -> list:
-        path = storage.join(self.experiment_dir, "epochs", f"{trial_id}.parquet")
-        return results.read_part(path).to_dict("records") if storage.exists(path) else []
-
-    def on_step_end(self, iteration, trials, **info):
-        self.live_now.update(t.trial_id for t in trials if t.status in ("PENDING", "RUNNING", "PAUSED"))
-
-    def on_trial_start(self, trial, **info):
-        row = self._row(trial)
-        row["status"] = "running"
-        self._save(trial.trial_id)
-
-    def on_trial_complete(self, trial, **info):
-        self.ended_now.add(trial.trial_id)
-        row = self._row(trial)
-        self._update_metrics(row, self._history(trial.trial_id))
-        done = (row.get("epochs") or 0) >= self.epochs
-        row.update({"status": "completed" if done else "stopped_early", "ended_at": time.time(),
-                    "model_path": storage.join(self.experiment_dir, "runs", trial.trial_id, "model.pt") if done else None})
-        self._save(trial.trial_id)
-        self._progress(trial.trial_id)
-
-    def on_trial_error(self, trial, **info):
-        self.ended_now.add(trial.trial_id)
-        row = self._row(trial)
-        error = _trial_error(trial)
-        self._update_metrics(row, self._history(trial.trial_id))
-        row.update({"status": "failed", "ended_at": time.time(), "error": _error_line(error),
-                    "retries": trial.num_failures - 1})
-        self._save(trial.trial_id)
-        self._progress(trial.trial_id)
-        if isinstance(error, StorageError):
-            self.stopped_by = error
-            raise error  # every later trial would fail the same way: stop the search with this one line
-
-    def on_trial_recover(self, trial, **info):
-        row = self._row(trial)
-        row["retries"] = trial.num_failures
-        self._save(trial.trial_id)
-        print(f"[search] trial {trial.trial_id} raised {_error_line(_trial_error(trial))}; retry "
-              f"{trial.num_failures} of {self.max_failures}", flush=True)
-
-    def on_experiment_end(self, trials, **info):
-        # Tune answers the first Ctrl-C by saving its state and returning from fit() as from a finished
-        # search: trials not yet created, pending ones, and running ones that it ends without
-        # on_trial_complete. Their rows stay `running` until the command runs again.
-        cut = self.live_now - self.ended_now
-        interrupted = (bool(cut) or len(trials) < self.num_samples) and self.stopped_by is None
-        # Rows for trials whose end this driver did not see (it was killed in between, or the table
-        # was lost), so that the table always holds one final row per finished trial.
-        for trial in trials:
-            if trial.trial_id in cut:
-                continue
-            status = self.rows.get(trial.trial_id, {}).get("status")
-            if trial.status == "TERMINATED" and status not in ("completed", "stopped_early"):
-                self.on_trial_complete(trial)
-            elif trial.status == "ERROR" and status != "failed":
-                self.on_trial_error(trial)
-        # A trial started by a driver killed before Tune saved its state is unknown to the resumed search
-        known = {trial.trial_id for trial in trials}
-        for trial_id, row in self.rows.items():
-            if row.get("status") == "running" and trial_id not in known:
-                self._update_metrics(row, self._history(trial_id))
-                row.update({"status": "failed", "ended_at": time.time(),
-                            "error": "lost: the search driver was killed before Tune saved this trial, so the "
-                                     "resumed search could not continue it"})
-                self._save(trial_id)
-        if interrupted:
-            raise KeyboardInterrupt
-
-    def _progress(self, trial_id: str):
-        row = self.rows[trial_id]
-        counts = {s: sum(r.get("status") == s for r in self.rows.values())
-                  for s in ("running", "completed", "stopped_early", "failed")}
-        finished = len(self.rows) - counts["running"]
-        scored = [r for r in self.rows.values() if r.get(self.objective.metric) is not None]
-        pick = max if self.objective.mode == "max" else min
-        best = pick(scored, key=lambda r: r[self.objective.metric]) if scored else None
-        elapsed = time.time() - self.started
-        eta = elapsed / max(finished, 1) * (self.num_samples - finished)
-        print(f"[search] trial {trial_id} {row['status']} after {row.get('epochs') or 0} epochs: "
-              f"clean {row.get('clean_acc') or 0:.3f} robust {row.get('robust_acc') or 0:.3f} | "
-              f"{finished}/{self.num_samples} done ({counts['completed']} completed, {counts['stopped_early']} "
-              f"stopped early, {counts['failed']} failed), {counts['running']} running | best "
-              + (f"{self.objective.metric} {best[self.objective.metric]:.3f} ({best['trial_id']})" if best else "-")
-              + f" | eta {time.strftime('%H:%M:%S', time.gmtime(eta))}", flush=True)
-
-
-def _trial_error(trial):
-    """The innermost exception of a failed trial, or None.
-
-    Read from the driver's local copy of the pickled error: Tune syncs it to storage only later.
-    """
-    import cloudpickle
-
-    if not (trial.pickled_error_file and Path(trial.pickled_error_file).is_file()):
-        return None
-    with open(trial.pickled_error_file, "rb") as fh:
-        error = cloudpickle.load(fh)
-    from raygap.train import worker_error
-
-    while (getattr(error, "cause", None) or error.__cause__) is not None:  # RayTaskError keeps it in .cause
-        error = getattr(error, "cause", None) or error.__cause__
-    return worker_error(error)
-
-
-def _error_line(error) -> str:
-    if error is None:
-        return "unknown error (see the trial's error.txt under the experiment folder)"
-    return f"{type(error).__name__}: {' '.join(str(error).split())}"[:2000]
 
 
 def _searcher(cfg, experiment: str, experiment_dir: str):
@@ -321,8 +132,8 @@ def _scheduler(cfg):
 
 def run(cfg, search: str = DEFAULT_SEARCH) -> dict:
     """Run (or resume, or summarise) the search of `cfg`; returns the summary."""
-    from raygap import pretrain, session
-    from raygap.train import from_scratch, resources
+    from raygap import runner
+    from raygap.methods import from_scratch
 
     if not cfg.tune.space:
         raise UserError(f"search space '{search}' has no tune.space; choose a search space with search=<name>")
@@ -330,11 +141,11 @@ def run(cfg, search: str = DEFAULT_SEARCH) -> dict:
     experiment_dir = storage.join(cfg.storage, experiment)
     own = trial_process_resources(cfg)
     # A Train run's workers come on top of the trial's process; a trial that trains itself is one process on one node
-    total, per_node = resources(cfg.train) if cfg.train.workers else ({}, own)
-    session.check_resources({k: own.get(k, 0) + total.get(k, 0) for k in own.keys() | total.keys()}, per_node)
+    total, per_node = runner.resources(cfg.train) if cfg.train.workers else ({}, own)
+    runner.check_resources({k: own.get(k, 0) + total.get(k, 0) for k in own.keys() | total.keys()}, per_node)
     for table in ("trials", "epochs"):
         results.check_readable(experiment_dir, table)
-    session.connect()
+    runner.connect()
 
     import ray.tune
     from ray.tune import FailureConfig, RunConfig, TuneConfig, Tuner
@@ -343,7 +154,7 @@ def run(cfg, search: str = DEFAULT_SEARCH) -> dict:
           f"{cfg.model.name}, {cfg.train.epochs} epochs each, in {experiment_dir}", flush=True)
     some_fine_tune = not from_scratch(cfg) or (cfg.init == "auto" and "method" in cfg.tune.space)
     if some_fine_tune and not cfg.pretrained:
-        cfg.pretrained = pretrain.run(cfg)["checkpoint"]
+        cfg.pretrained = runner.natural_model(cfg)["checkpoint"]
     trainable = ray.tune.with_resources(run_trial, own)
     if Tuner.can_restore(experiment_dir):
         print(f"resuming the search in {experiment_dir}", flush=True)
@@ -362,12 +173,17 @@ def run(cfg, search: str = DEFAULT_SEARCH) -> dict:
                                            callbacks=[Recorder(cfg, experiment)],
                                            failure_config=FailureConfig(max_failures=cfg.tune.max_failures)))
     try:
-        tuner.fit()  # raises KeyboardInterrupt (from the Recorder) for a search stopped by Ctrl-C
+        tuner.fit()
     except Exception as err:  # Tune wraps what a callback raised: find the storage error, if that was it
         cause = err
         while cause is not None and not isinstance(cause, StorageError):
             cause = cause.__cause__ or cause.__context__
         raise (cause or err) from None
+    # Tune answers the first Ctrl-C by returning from fit() as from a finished search; the trials table
+    # (which the Recorder has just completed) tells the two apart.
+    frame = results.read_table(experiment_dir, "trials")
+    if len(frame) < cfg.tune.num_samples or (frame.status == "running").any():
+        raise KeyboardInterrupt
     _close_orphans(cfg, experiment, experiment_dir)
     finalists(cfg, experiment_dir)
     ray.shutdown()  # flushes the workers' last log lines now, before the summary and the last line
@@ -396,7 +212,7 @@ def finalists(cfg, experiment_dir: str) -> None:
         return
     objective = cfg.tune.objectives[0]
     done = frame[frame.status == "completed"].sort_values(objective.metric, ascending=objective.mode == "min")
-    columns = test_columns(cfg)
+    columns = results.test_columns(cfg)
     for row in done.head(cfg.final_eval.top_k).to_dict("records"):
         if row.get("finalist") and all(row.get(c) is not None and row[c] == row[c] for c in columns):
             continue
@@ -410,7 +226,8 @@ def finalists(cfg, experiment_dir: str) -> None:
         result, table = ray.get(task.remote(trial_cfg))
         print(table, end="", flush=True)
         row.update({c: result[c[len("test_"):]] for c in columns}, finalist=True)
-        results.write(storage.join(experiment_dir, "trials", f"{row['trial_id']}.parquet"), [row], trials_schema(cfg))
+        results.write(storage.join(experiment_dir, "trials", f"{row['trial_id']}.parquet"), [row],
+                      results.trials_schema(cfg))
 
 
 def _evaluate(cfg):

@@ -8,7 +8,7 @@ import pytest
 
 os.environ["RAY_AUTH_MODE"] = "disabled"
 
-from raygap import config, pretrain  # noqa: E402
+from raygap import config, runner  # noqa: E402
 
 
 CIFAR_SAMPLE = Path(__file__).parent / "data" / "cifar10_jpeg_sample"  # 300 real CIFAR-10 JPEGs, train/<class>/
@@ -19,10 +19,24 @@ def load(*overrides, storage):
 
 
 def cifar_tree(tmp_path):
-    """A copy of the shipped CIFAR-10 sample, so that its cache is written under tmp_path."""
+    """A copy of the shipped CIFAR-10 sample, so that its cache is written under tmp_path (not a cache
+    that a run on the sample itself left there)."""
     tree = tmp_path / "cifar"
-    shutil.copytree(CIFAR_SAMPLE, tree)
+    shutil.copytree(CIFAR_SAMPLE, tree, ignore=shutil.ignore_patterns(".raygap_cache"))
     return tree
+
+
+# Modules whose tests start Ray (a cluster, a search) or run commands end to end.
+SLOW_MODULES = {"test_analysis", "test_cluster", "test_ray_train", "test_reliability", "test_resume", "test_tune",
+                "test_protocols"}
+
+
+def pytest_collection_modifyitems(items):
+    """Mark `slow` every test that trains with the shared natural model or lies in a module of
+    SLOW_MODULES: `pytest -m "not slow"` is the fast tier, the whole suite what CI runs."""
+    for item in items:
+        if "natural_digits" in item.fixturenames or item.module.__name__ in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +44,7 @@ def natural_digits(tmp_path_factory):
     """A naturally trained digits model (the package default settings), shared by the whole session."""
     storage = tmp_path_factory.mktemp("storage")
     cfg = load(storage=storage)
-    result = pretrain.run(cfg)
+    result = runner.natural_model(cfg)
     return cfg, result["checkpoint"]
 
 

@@ -2,8 +2,7 @@ import pytest
 import torch
 
 from raygap import checkpoint, data
-from raygap.attacks import make_attack
-from raygap.evaluate import correct_count
+from raygap.attacks import correct_count, make_attack
 
 
 @pytest.fixture(scope="module")

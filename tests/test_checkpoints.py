@@ -3,25 +3,25 @@ import os
 import pytest
 import torch
 
-from raygap import checkpoint, config, pretrain
+from raygap import checkpoint, config, runner
 from raygap.errors import UserError
 
 
 def test_pretraining_twice_reuses_the_cached_checkpoint(natural_digits):
     cfg, path = natural_digits
     mtime = os.path.getmtime(path)
-    again = pretrain.run(cfg)
+    again = runner.natural_model(cfg)
     assert again == {"checkpoint": path, "cached": True}
     assert os.path.getmtime(path) == mtime
 
 
 def test_cache_key_ignores_execution_settings_but_not_training_settings(natural_digits):
     cfg, _ = natural_digits
-    base = pretrain.cache_key(cfg)
+    base = runner.natural_key(cfg)
     same = config.load([f"storage={cfg.storage}", "pretrain.workers=2", "pretrain.cpus_per_worker=0.5"])
     other = config.load([f"storage={cfg.storage}", "pretrain.seed=1"])
-    assert pretrain.cache_key(same) == base
-    assert pretrain.cache_key(other) != base
+    assert runner.natural_key(same) == base
+    assert runner.natural_key(other) != base
 
 
 def test_checkpoint_holds_config_and_loads_with_weights_only(natural_digits):

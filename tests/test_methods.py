@@ -5,10 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from raygap import checkpoint, data, train
-from raygap.attacks import make_attack
-from raygap.evaluate import correct_count
+from raygap.attacks import correct_count, make_attack
 from raygap.loop import compile_mode, lr_factor, train_step
-from raygap.methods import METHODS, afd, base, drrdn, mart, trades
+from raygap.methods import METHODS, afd, base, drrdn, from_scratch, mart, trades
 from raygap.models import Classifier
 
 from conftest import load
@@ -388,7 +387,7 @@ def test_recipes_set_the_papers_regimes(tmp_path):
     afd_paper = load("recipe=afd_paper", storage=tmp_path)
     assert (afd_paper.method.name, afd_paper.method["update"], afd_paper.method.disentangler_size) == ("afd", "official", None)
     assert (afd_paper.train.schedule, afd_paper.train.lr, afd_paper.train.epochs, afd_paper.attack.step_size) == ("afd", 0.025, 20, 0.007)
-    assert not train.from_scratch(afd_paper)
+    assert not from_scratch(afd_paper)
     # the recipe's beta wins over the digits default of TRADES (beta 1)
     assert load("method=trades", storage=tmp_path).method.beta == 1.0
     official = {  # (recipe, epochs, lr, the official per-epoch rule)
@@ -397,9 +396,9 @@ def test_recipes_set_the_papers_regimes(tmp_path):
     }
     for recipe, (epochs, lr, rule) in official.items():
         cfg = load(f"recipe={recipe}", storage=tmp_path)
-        assert train.from_scratch(cfg) and cfg.train.epochs == epochs and cfg.train.lr == lr and not cfg.train.ema
+        assert from_scratch(cfg) and cfg.train.epochs == epochs and cfg.train.lr == lr and not cfg.train.ema
         for epoch in range(1, epochs + 1):
             assert lr * lr_factor(cfg.train, (epoch - 1) / epochs) == pytest.approx(rule(epoch), rel=1e-9), (recipe, epoch)
     assert (load("recipe=trades_paper", storage=tmp_path).method.beta, load("recipe=mart_paper", storage=tmp_path).method.beta) == (6.0, 5.0)
-    assert not train.from_scratch(load("method=mart", storage=tmp_path))
-    assert train.from_scratch(load("method=mart", "init=scratch", storage=tmp_path))
+    assert not from_scratch(load("method=mart", storage=tmp_path))
+    assert from_scratch(load("method=mart", "init=scratch", storage=tmp_path))

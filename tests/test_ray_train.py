@@ -4,15 +4,17 @@ import os
 
 import pytest
 import ray
+import torch
 
-from raygap import results, session, storage, train
+from raygap import results, runner, storage, train
+from raygap.errors import UserError
 
 from conftest import load
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    session.connect()  # a local cluster on 127.0.0.1 with this machine's CPUs
+    runner.connect()  # a local cluster on 127.0.0.1 with this machine's CPUs
     yield
     ray.shutdown()
 
@@ -54,3 +56,13 @@ def test_resources_the_machine_can_never_provide_are_refused(tmp_path, natural_d
     cfg = load("method=vaft", "train.workers=64", f"pretrained={path}", storage=tmp_path)
     with pytest.raises(Exception, match="needs 64 CPU but this machine has at most"):
         train.run(cfg)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asks for a GPU that this machine lacks")
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_gpu_this_machine_lacks_is_refused_wherever_the_run_would_run(tmp_path, natural_digits, workers):
+    cfg = load("method=vaft", f"train.workers={workers}", "train.gpus_per_worker=1", f"pretrained={natural_digits[1]}",
+               storage=tmp_path)
+    with pytest.raises(UserError, match="the run needs 1 GPU but this machine"):
+        train.run(cfg)  # with workers=0 it used to train on the CPU
+    assert not (tmp_path / train.run_name(cfg)).exists()

@@ -118,7 +118,7 @@ def test_pareto_front_of_a_hand_made_table():
 
 def test_a_searched_method_gets_its_defaults_for_the_data(tmp_path):
     from raygap import config
-    from raygap.tune import trial_config
+    from raygap.config import trial_config
 
     base = config.as_dict(config.load([f"storage={tmp_path}"], "baselines"))
     assert trial_config(base, {"method": "trades"}).method.beta == 1.0  # data_method/digits_trades.yaml

@@ -15,3 +15,10 @@ def params_of(node):
     """The `method` config node as its method's Params dataclass (attribute access to every key, even
     one such as `update` that a DictConfig would answer with its own method)."""
     return METHODS[node.name].Params(**OmegaConf.to_container(node, resolve=True))
+
+
+def from_scratch(cfg) -> bool:
+    """Whether fine-tuning starts from random weights: `init`, or with init=auto the method's own start."""
+    if cfg.init == "auto":
+        return METHODS[cfg.method.name].Objective.from_scratch
+    return cfg.init == "scratch"

@@ -1,0 +1,166 @@
+"""The search's record: a Tune callback on the driver that keeps one trials-table row per trial
+(rewritten on every event), and a line of progress per finished trial."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from ray.tune import Callback
+
+from raygap import results, storage
+from raygap.config import as_dict, trial_config
+from raygap.errors import StorageError
+
+
+class Recorder(Callback):
+    """A Tune callback on the driver: one trials-table row per trial, rewritten on every event, and
+    one line of progress per finished trial."""
+
+    def __init__(self, cfg, experiment: str):
+        self.experiment = experiment
+        self.experiment_dir = storage.join(cfg.storage, experiment)
+        self.epochs = cfg.train.epochs
+        self.objective = cfg.tune.objectives[0]
+        self.num_samples = cfg.tune.num_samples
+        self.max_failures = cfg.tune.max_failures
+        self.schema = results.trials_schema(cfg)
+        self.rows: dict = {}
+        self.started = time.time()
+
+    def setup(self, **info):
+        self.live_now, self.ended_now = set(), set()  # trials live (pending, running) and ended in this session
+        previous = results.read_table(self.experiment_dir, "trials")
+        for row in previous.to_dict("records"):
+            self.rows[row["trial_id"]] = row
+
+    def _row(self, trial) -> dict:
+        row = self.rows.setdefault(trial.trial_id, {"trial_id": trial.trial_id, "started_at": time.time()})
+        params = {k: v for k, v in trial.config.items() if k not in ("base", "experiment")}
+        cfg = trial_config(trial.config["base"], params)
+        row.update({"experiment": self.experiment, "params": json.dumps(params), "config": json.dumps(as_dict(cfg)),
+                    **results.flatten(as_dict(cfg))})
+        return row
+
+    def _save(self, trial_id: str):
+        results.write(storage.join(self.experiment_dir, "trials", f"{trial_id}.parquet"), [self.rows[trial_id]],
+                      self.schema)
+
+    def _update_metrics(self, row: dict, history: list):
+        if not history:
+            return
+        last = history[-1]
+        best = max(history, key=lambda r: r["robust_acc"])
+        row.update({"epochs": last["epoch"], "clean_acc": last["clean_acc"], "robust_acc": last["robust_acc"],
+                    "loss": last.get("loss"), "best_robust_acc": best["robust_acc"], "best_epoch": best["epoch"],
+                    "wall_seconds": sum(r["wall_seconds"] for r in history),
+                    "gpu_seconds": sum(r["gpu_seconds"] for r in history),
+                    "cpu_seconds": sum(r["cpu_seconds"] for r in history)})
+
+    def _history(self, trial_id: str) -> list:
+        path = storage.join(self.experiment_dir, "epochs", f"{trial_id}.parquet")
+        return results.read_part(path).to_dict("records") if storage.exists(path) else []
+
+    def on_step_end(self, iteration, trials, **info):
+        self.live_now.update(t.trial_id for t in trials if t.status in ("PENDING", "RUNNING", "PAUSED"))
+
+    def on_trial_start(self, trial, **info):
+        row = self._row(trial)
+        row["status"] = "running"
+        self._save(trial.trial_id)
+
+    def on_trial_complete(self, trial, **info):
+        self.ended_now.add(trial.trial_id)
+        row = self._row(trial)
+        self._update_metrics(row, self._history(trial.trial_id))
+        done = (row.get("epochs") or 0) >= self.epochs
+        row.update({"status": "completed" if done else "stopped_early", "ended_at": time.time(),
+                    "model_path": storage.join(self.experiment_dir, "runs", trial.trial_id, "model.pt") if done else None})
+        self._save(trial.trial_id)
+        self._progress(trial.trial_id)
+
+    def on_trial_error(self, trial, **info):
+        self.ended_now.add(trial.trial_id)
+        row = self._row(trial)
+        error = _trial_error(trial)
+        self._update_metrics(row, self._history(trial.trial_id))
+        row.update({"status": "failed", "ended_at": time.time(), "error": _error_line(error),
+                    "retries": trial.num_failures - 1})
+        self._save(trial.trial_id)
+        self._progress(trial.trial_id)
+        if isinstance(error, StorageError):
+            raise error  # every later trial would fail the same way: stop the search with this one line
+
+    def on_trial_recover(self, trial, **info):
+        row = self._row(trial)
+        row["retries"] = trial.num_failures
+        self._save(trial.trial_id)
+        print(f"[search] trial {trial.trial_id} raised {_error_line(_trial_error(trial))}; retry "
+              f"{trial.num_failures} of {self.max_failures}", flush=True)
+
+    def on_experiment_end(self, trials, **info):
+        # Tune answers the first Ctrl-C by saving its state and returning from fit() as from a finished
+        # search: trials not yet created, pending ones, and running ones that it ends without
+        # on_trial_complete. Their rows stay `running` (or absent) until the command runs again.
+        cut = self.live_now - self.ended_now
+        # Rows for trials whose end this driver did not see (it was killed in between, or the table
+        # was lost), so that the table always holds one final row per finished trial.
+        for trial in trials:
+            if trial.trial_id in cut:
+                continue
+            status = self.rows.get(trial.trial_id, {}).get("status")
+            if trial.status == "TERMINATED" and status not in ("completed", "stopped_early"):
+                self.on_trial_complete(trial)
+            elif trial.status == "ERROR" and status != "failed":
+                self.on_trial_error(trial)
+        # A trial started by a driver killed before Tune saved its state is unknown to the resumed search
+        known = {trial.trial_id for trial in trials}
+        for trial_id, row in self.rows.items():
+            if row.get("status") == "running" and trial_id not in known:
+                self._update_metrics(row, self._history(trial_id))
+                row.update({"status": "failed", "ended_at": time.time(),
+                            "error": "lost: the search driver was killed before Tune saved this trial, so the "
+                                     "resumed search could not continue it"})
+                self._save(trial_id)
+
+    def _progress(self, trial_id: str):
+        row = self.rows[trial_id]
+        counts = {s: sum(r.get("status") == s for r in self.rows.values())
+                  for s in ("running", "completed", "stopped_early", "failed")}
+        finished = len(self.rows) - counts["running"]
+        scored = [r for r in self.rows.values() if r.get(self.objective.metric) is not None]
+        pick = max if self.objective.mode == "max" else min
+        best = pick(scored, key=lambda r: r[self.objective.metric]) if scored else None
+        elapsed = time.time() - self.started
+        eta = elapsed / max(finished, 1) * (self.num_samples - finished)
+        print(f"[search] trial {trial_id} {row['status']} after {row.get('epochs') or 0} epochs: "
+              f"clean {row.get('clean_acc') or 0:.3f} robust {row.get('robust_acc') or 0:.3f} | "
+              f"{finished}/{self.num_samples} done ({counts['completed']} completed, {counts['stopped_early']} "
+              f"stopped early, {counts['failed']} failed), {counts['running']} running | best "
+              + (f"{self.objective.metric} {best[self.objective.metric]:.3f} ({best['trial_id']})" if best else "-")
+              + f" | eta {time.strftime('%H:%M:%S', time.gmtime(eta))}", flush=True)
+
+
+def _trial_error(trial):
+    """The innermost exception of a failed trial, or None.
+
+    Read from the driver's local copy of the pickled error: Tune syncs it to storage only later.
+    """
+    import cloudpickle
+
+    if not (trial.pickled_error_file and Path(trial.pickled_error_file).is_file()):
+        return None
+    with open(trial.pickled_error_file, "rb") as fh:
+        error = cloudpickle.load(fh)
+    from raygap.runner import worker_error
+
+    while (getattr(error, "cause", None) or error.__cause__) is not None:  # RayTaskError keeps it in .cause
+        error = getattr(error, "cause", None) or error.__cause__
+    return worker_error(error)
+
+
+def _error_line(error) -> str:
+    if error is None:
+        return "unknown error (see the trial's error.txt under the experiment folder)"
+    return f"{type(error).__name__}: {' '.join(str(error).split())}"[:2000]
