@@ -7,7 +7,7 @@ and every fine-tuned one on the first n test examples with PGD-20, PGD-50, APGD-
 standard AutoAttack (the authors' code, pyautoattack) and, when it is installed (it is not a
 dependency: pip install --no-deps torchattacks), torchattacks' AutoAttack, which raygap used before.
 Every attack runs in fp32 on the examples the model classifies correctly, from the same seed, through
-raygap's own evaluation (raygap.evaluate.worst_case). Prints a Markdown table of accuracy and seconds.
+raygap's own evaluation (raygap.robustness.worst_case). Prints a Markdown table of accuracy and seconds.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import tempfile
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-from raygap import checkpoint, config, data, evaluate, runner, train  # noqa: E402
+from raygap import checkpoint, config, data, robustness, runner, train  # noqa: E402
 from raygap.attacks import make_attack  # noqa: E402
 
 ATTACKS = ["pgd20", "pgd50", "apgd-ce", "apgd-t", "autoattack"]
@@ -64,8 +64,8 @@ def main():
         model, _ = checkpoint.load(path)
         model.requires_grad_(False)
         print(f"{label}: {path}", file=sys.stderr, flush=True)
-        with evaluate.full_fp32():
-            report = evaluate.worst_case(model, test, attacks, cfg.eval.batch_size, cfg.eval.seed,
+        with robustness.full_fp32():
+            report = robustness.worst_case(model, test, attacks, cfg.eval.batch_size, cfg.eval.seed,
                                          progress=lambda line: print(line, file=sys.stderr, flush=True))
         rows.append((label, report))
 

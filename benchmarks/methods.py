@@ -25,7 +25,7 @@ import tempfile
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-from raygap import config, evaluate, runner, storage, train  # noqa: E402
+from raygap import config, robustness, runner, storage, train  # noqa: E402
 from raygap.errors import Diverged  # noqa: E402
 
 VARIANTS = {
@@ -87,7 +87,7 @@ def evaluated(cfg) -> dict:
         if saved["n_examples"] == (cfg.eval.n or saved["n_examples"]) and all(
                 f"{a}_acc" in saved for a in cfg.eval.attacks):
             return saved
-    return evaluate.run(cfg)
+    return robustness.evaluate_checkpoint(cfg)
 
 
 def choose_lr(load, overrides: list[str], lrs: list[float]) -> float:

@@ -25,7 +25,7 @@ import tempfile
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-from raygap import config, evaluate, runner, storage, train  # noqa: E402
+from raygap import config, robustness, runner, storage, train  # noqa: E402
 
 # The paper's Table 1 (ResNet-18, CIFAR-10, L-inf 8/255): clean, PGD-20 (step 0.003), standard AutoAttack.
 PAPER = {"afd": (84.88, 52.70, 47.40), "vaft": (83.93, 51.40, 45.48), "trades": (82.37, 53.27, 48.52)}
@@ -49,7 +49,7 @@ def main(argv=None):
     for method in PAPER:
         overrides = base + [f"method={method}", f"pretrained={natural}"] + (["method.beta=6"] if method == "trades" else [])
         trained = train.run(config.load(overrides))
-        result = evaluate.run(config.load(overrides + [f"checkpoint={trained['checkpoint']}"]))
+        result = robustness.evaluate_checkpoint(config.load(overrides + [f"checkpoint={trained['checkpoint']}"]))
         rows.append((method, result, sum(r["wall_seconds"] for r in trained["history"])))
         print(table(rows, args), file=sys.stderr, flush=True)
     text = table(rows, args)

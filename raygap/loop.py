@@ -200,11 +200,7 @@ class Parts:
 def train_loop(job: Job, context) -> list | None:
     """Train `job` in `context` (a runner context: rank, device, restore and report). Returns the
     per-epoch metrics (a list of rows) on rank 0, None on the other ranks."""
-    # A run that diverged once diverges again: its restarts (Ray Train's, Tune's, a re-run of the same
-    # command) end at once with the first reason instead of training up to the same NaN.
-    diverged = storage.join(job.run_dir, "diverged.txt")
-    if storage.exists(diverged):
-        raise Diverged(storage.read_bytes(diverged).decode())
+    refuse_if_diverged_before(job)
     cfg = from_dict(job.cfg)
     t, rank, world, device = cfg[job.stage], context.rank, context.world, context.device
     bf16 = device.type == "cuda" and t.precision in ("auto", "bf16")
@@ -239,16 +235,10 @@ def train_loop(job: Job, context) -> list | None:
                 sums[key] = sums.get(key, 0) + value.detach().float() * len(y)
         train_seconds = time.perf_counter() - started
         losses = _mean_over_workers(sums, batches.epoch_len // world, world)
-        if not math.isfinite(losses.get("loss", 0.0)):
-            reason = f"training diverged: the loss is {losses['loss']} in epoch {epoch + 1}; lower {job.stage}.lr (now {t.lr})"
-            if rank == 0:
-                storage.write_bytes(diverged, reason.encode())
-            raise Diverged(reason)
+        refuse_if_diverging(job, t.lr, losses, epoch, rank)
         clean_acc, robust_acc = val.accuracy(parts.evaluated, [None, val.attack], bf16)
         if epoch == 0 and start_clean is not None and clean_acc < start_clean / 2 and rank == 0:
-            sys.stdout.write(f"[{job.label}] warning: clean validation accuracy fell from {start_clean:.1%} to "
-                             f"{clean_acc:.1%} in the first epoch; {job.stage}.lr={t.lr:g} is likely too high "
-                             f"for this model and data: lower it (e.g. {job.stage}.lr={t.lr / 2.5:g})\n")
+            warn_lr_too_high(job, t.lr, start_clean, clean_acc)
         wall = time.perf_counter() - started
         images_per_s = batches.epoch_len / train_seconds
         row = {"epoch": epoch + 1, "lr": parts.optimizer.param_groups[0]["lr"], **losses, "clean_acc": clean_acc,
@@ -264,6 +254,30 @@ def train_loop(job: Job, context) -> list | None:
                 export(job, cfg, dataset, parts, history)
         context.report(row, {"epoch": epoch, **parts.state(), "history": history} if rank == 0 else None)
     return history if rank == 0 else None
+
+
+def refuse_if_diverged_before(job: Job):
+    """A run that diverged once diverges again: its restarts (Ray Train's, Tune's, a re-run of the same
+    command) end at once with the first reason instead of training up to the same NaN."""
+    path = storage.join(job.run_dir, "diverged.txt")
+    if storage.exists(path):
+        raise Diverged(storage.read_bytes(path).decode())
+
+
+def refuse_if_diverging(job: Job, lr: float, losses: dict, epoch: int, rank: int):
+    """A loss that is no longer finite ends the run, and rank 0 records why for its restarts."""
+    if math.isfinite(losses.get("loss", 0.0)):
+        return
+    reason = f"training diverged: the loss is {losses['loss']} in epoch {epoch + 1}; lower {job.stage}.lr (now {lr})"
+    if rank == 0:
+        storage.write_bytes(storage.join(job.run_dir, "diverged.txt"), reason.encode())
+    raise Diverged(reason)
+
+
+def warn_lr_too_high(job: Job, lr: float, start_clean: float, clean_acc: float):
+    sys.stdout.write(f"[{job.label}] warning: clean validation accuracy fell from {start_clean:.1%} to "
+                     f"{clean_acc:.1%} in the first epoch; {job.stage}.lr={lr:g} is likely too high "
+                     f"for this model and data: lower it (e.g. {job.stage}.lr={lr / 2.5:g})\n")
 
 
 def build(job: Job, cfg, dataset: data.Dataset, context, steps: int) -> Parts:

@@ -231,17 +231,17 @@ def finalists(cfg, experiment_dir: str) -> None:
 
 
 def _evaluate(cfg):
-    """evaluate.run with its table returned rather than printed: Ray forwards a task's output late, and
+    """robustness.evaluate_checkpoint with its table returned rather than printed: Ray forwards a task's output late, and
     out of order with the driver's. It takes every core of its node: the search is over and finalists
     are evaluated one at a time, but Ray gives a task of under 2 CPUs one thread (AutoAttack on the
     laptop default's finalist: 134 s on one, 75 s on two cores)."""
     import torch
 
-    from raygap import evaluate
+    from raygap.robustness import evaluate_checkpoint
 
     torch.set_num_threads(os.cpu_count() or 1)
     with contextlib.redirect_stdout(io.StringIO()) as table:
-        result = evaluate.run(cfg)
+        result = evaluate_checkpoint(cfg)
     return result, table.getvalue()
 
 

@@ -13,7 +13,7 @@ from conftest import run_cli
 from raygap import checkpoint, data
 from raygap.attacks import AUTOATTACK, AutoAttackLog, make_attack, standard_autoattack
 from raygap.config import ModelInfoConfig
-from raygap.evaluate import model_info, worst_case
+from raygap.robustness import model_info, worst_case
 
 ATTACKS = ["clean", "fgsm", "pgd20", "cw", "apgd-ce", "apgd-t", "autoattack"]
 N = 100  # test digits: few, to keep the suite's time; the tolerances below are for this many
