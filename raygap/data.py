@@ -348,7 +348,6 @@ def augment(x: torch.Tensor, crop_padding: int, flip: bool, generator=None) -> t
     return x
 
 
-
 def place(split: Split, device: torch.device, resident: str) -> Split:
     """The whole split on the training device when it fits (CIFAR-10 takes 150 MB), else in host memory."""
     if resident == "host" or device.type == "cpu":
