@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import pickle
 import tempfile
@@ -380,7 +381,7 @@ class Batches:
 
     def __post_init__(self):
         self.epoch_len = len(self.split) - len(self.split) % self.world  # images per epoch, all ranks
-        self.steps = -(-(self.epoch_len // self.world) // self.batch_size)  # batches per epoch and rank
+        self.steps = math.ceil(self.epoch_len // self.world / self.batch_size)  # batches per epoch and rank
 
     def epoch(self, epoch: int):
         order = torch.randperm(len(self.split), generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))

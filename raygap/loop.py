@@ -227,11 +227,12 @@ def train_loop(job: Job, context) -> list | None:
         sums = {}
         for batch, (x, y) in enumerate(batches.epoch(epoch)):
             faults.each_batch(job, rank, world, epoch, batch)
-            losses = train_step(parts.objective, parts.attacked, parts.net, parts.optimizer, x, y, bf16, parts.compiled)
+            step_losses = train_step(parts.objective, parts.attacked, parts.net, parts.optimizer, x, y, bf16,
+                                     parts.compiled)
             parts.scheduler.step()
             if parts.ema:
                 parts.ema.update(parts.module)
-            for key, value in losses.items():
+            for key, value in step_losses.items():
                 sums[key] = sums.get(key, 0) + value.detach().float() * len(y)
         train_seconds = time.perf_counter() - started
         losses = _mean_over_workers(sums, batches.epoch_len // world, world)
