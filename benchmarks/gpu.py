@@ -23,7 +23,7 @@ import torch.multiprocessing as mp
 
 from raygap.attacks import make_attack
 from raygap.loop import compile_mode, peak_flops, train_step
-from raygap.methods import METHODS
+from raygap.methods.vaft import VAFT
 from raygap.models import build_model, forward_flops
 
 SETTINGS = {"fp32 (tf32 convolutions)": dict(bf16=False, channels_last=False, compile=False),
@@ -46,7 +46,7 @@ def make_step(model_name, shape, batch, device, bf16: bool, channels_last: bool,
     if channels_last:
         x_all = x_all.contiguous(memory_format=torch.channels_last)
     model = build_model(model_name, shape, 10, [0.5] * shape[0], [0.25] * shape[0])
-    objective = METHODS["vaft"].Objective(model, METHODS["vaft"].Params(), make_attack("pgd", eps=8 / 255, steps=ATTACK_STEPS))
+    objective = VAFT(model, VAFT.Params(), make_attack("pgd", eps=8 / 255, steps=ATTACK_STEPS))
     module = objective.module.to(device)
     if channels_last:
         module = module.to(memory_format=torch.channels_last)

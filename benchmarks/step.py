@@ -164,18 +164,15 @@ def main():
     names = args.methods.split(",")
     for name in names if "vaft" in names else ["vaft", *names]:  # vaft: the peers' reference
         method = METHODS[name]
-        objective = method.Objective(copy.deepcopy(natural), method.Params(), attack)
-        if hasattr(objective, "teacher"):
-            objective.teacher.to(device)
-        module = objective.module.to(device)
+        objective = method(copy.deepcopy(natural), method.Params(), attack).to(device)
+        module = objective.module
         optimizer = sgd(module)
         mode = compile_mode(args.compile, device, world=1)
         torch.compiler.reset()  # a fresh cache per method
         net = torch.compile(module, mode=mode) if mode else module
-        o = method.Objective
-        bound = (args.steps * o.attacked * parts["forward + input gradient"]
-                 + (o.attack_clean_forwards + o.teacher_forwards) * parts["forward (no grad)"]
-                 + o.training_passes * parts["forward + full backward"] + parts["optimiser step"])
+        bound = (args.steps * method.attacked * parts["forward + input gradient"]
+                 + (method.attack_clean_forwards + method.teacher_forwards) * parts["forward (no grad)"]
+                 + method.training_passes * parts["forward + full backward"] + parts["optimiser step"])
         step = lambda: train_step(objective, net, net, optimizer, x, y, args.bf16, compiled=mode is not None)  # noqa: E731
         rows.append((f"raygap {name}", timed(step), bound))
     _, vaft, vaft_bound = next(row for row in rows if row[0] == "raygap vaft")

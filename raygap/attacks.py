@@ -19,10 +19,11 @@ import torch
 import torch.nn.functional as F
 
 from raygap import data
+from raygap.config import Norm
 from raygap.errors import UserError
 
 Attack = Callable[[Callable, torch.Tensor, torch.Tensor], torch.Tensor]
-NORMS = {"linf": "Linf", "l2": "L2"}  # raygap's names, and AutoAttack's and RobustBench's
+NORMS = {Norm.linf: "Linf", Norm.l2: "L2"}  # raygap's names, and AutoAttack's and RobustBench's
 
 
 def cross_entropy(logits, y):

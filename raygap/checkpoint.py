@@ -17,7 +17,7 @@ FORMAT = "raygap-classifier-1"
 
 
 def arch_of(model: Classifier, name: str, in_shape) -> dict:
-    neck_width = getattr(model.neck, "width", 0)  # DRRDN's d_s; Identity otherwise
+    neck_width = getattr(model.neck, "width", 0)  # a ResidualMLP neck (DRRDN trains one); Identity otherwise
     return {"model": name, "in_shape": list(in_shape), "num_classes": model.head.out_features,
             "neck_width": neck_width}
 

@@ -12,6 +12,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -19,6 +20,27 @@ from omegaconf import MISSING, SI, DictConfig, OmegaConf
 
 from raygap import storage
 from raygap.errors import UserError
+
+
+def choice(name: str, options: str) -> type[StrEnum]:
+    """A closed choice: a config key of this type takes one of `options` (space-separated); OmegaConf
+    refuses anything else, and the error names the options. A member compares equal to its string."""
+    return StrEnum(name, options, module=__name__)
+
+
+Resident = choice("Resident", "auto device host")
+Norm = choice("Norm", "linf l2")
+TrainingAttack = choice("TrainingAttack", "pgd fgsm cw")
+Schedule = choice("Schedule", "step afd cosine constant")
+Backend = choice("Backend", "auto nccl gloo")
+Precision = choice("Precision", "auto bf16 fp32")
+ReportFormat = choice("ReportFormat", "raygap robustbench")
+DistributionType = choice("DistributionType", "uniform loguniform int choice")
+SearchMetric = choice("SearchMetric", "robust_acc clean_acc loss")
+Mode = choice("Mode", "max min")
+Scheduler = choice("Scheduler", "asha fifo")
+Algorithm = choice("Algorithm", "auto tpe nsga2 random")
+Init = choice("Init", "auto pretrained scratch")
 
 
 @dataclass
@@ -36,7 +58,7 @@ class DataConfig:
     crop_padding: int = 0  # random crop after zero padding, 0 = off
     flip: bool = False  # random horizontal flip
     eps: float = 8 / 255  # the customary L-inf budget for this data: default of attack.eps and eval.eps
-    resident: str = "auto"  # where the whole data set is held: auto, device or host
+    resident: Resident = Resident.auto  # where the whole data set is held: auto, device or host
 
 
 @dataclass
@@ -48,11 +70,11 @@ class ModelConfig:
 class AttackConfig:
     """The training attack; validation and evaluation attacks are set under `eval`."""
 
-    name: str = "pgd"  # pgd, fgsm or cw
+    name: TrainingAttack = TrainingAttack.pgd
     eps: float = SI("${data.eps}")
     steps: int = 10
     step_size: Optional[float] = None  # None: 2.5 eps / steps (FGSM: 1.25 eps)
-    norm: str = "linf"
+    norm: Norm = Norm.linf
     random_start: bool = True
 
 
@@ -63,7 +85,7 @@ class TrainConfig:
     lr: float = 0.025
     momentum: float = 0.9
     weight_decay: float = 5e-4  # AFD's official update applies it twice to all but D2 (methods/afd.py)
-    schedule: str = "step"  # step (x lr_decay at each milestone), afd (the official AFD schedule), cosine, constant
+    schedule: Schedule = Schedule.step  # step (x lr_decay at each milestone), afd (the official AFD schedule), cosine, constant
     milestones: List[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of training
     lr_decay: float = 0.1
     ema: bool = True  # evaluate and export the weight EMA (decay min(ema_decay, (t+1)/(t+10)))
@@ -72,8 +94,8 @@ class TrainConfig:
     workers: int = 0  # 0: in this process; N >= 1: a Ray Train run with N workers
     gpus_per_worker: float = 0.0
     cpus_per_worker: float = 1.0
-    backend: str = "auto"  # DDP backend: auto (nccl with GPUs, else gloo), nccl or gloo
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU), bf16 or fp32
+    backend: Backend = Backend.auto  # DDP backend: auto (nccl with GPUs, else gloo), nccl or gloo
+    precision: Precision = Precision.auto  # auto (bf16 on CUDA, fp32 on CPU), bf16 or fp32
     channels_last: bool = True  # on CUDA only
     compile: str = "auto"  # auto (on CUDA: torch.compile with CUDA graphs; eager on CPU), true or false
     max_failures: int = 0
@@ -99,10 +121,10 @@ class EvalConfig:
     attacks: List[str] = field(default_factory=lambda: ["clean", "fgsm", "pgd20", "cw", "autoattack"])
     n: int = 1000  # the first n test examples; 0 = all
     out: str = ""  # JSON path; empty: eval.json beside the checkpoint
-    format: str = "raygap"  # raygap (the JSON) or robustbench (also RobustBench's model_info beside it)
+    format: ReportFormat = ReportFormat.raygap  # raygap (the JSON) or robustbench (also RobustBench's model_info beside it)
     info: ModelInfoConfig = field(default_factory=ModelInfoConfig)
     eps: float = SI("${data.eps}")
-    norm: str = "linf"
+    norm: Norm = Norm.linf
     batch_size: int = 500
     val_attack: str = "pgd10"  # the per-epoch robust metric on the validation split
     val_n: int = 0  # validation examples per epoch; 0 = all
@@ -113,7 +135,7 @@ class EvalConfig:
 class Distribution:
     """One searched key: uniform / loguniform (low, high), int (low, high, log) or choice (values)."""
 
-    type: str = MISSING
+    type: DistributionType = MISSING
     low: Optional[float] = None
     high: Optional[float] = None
     values: Optional[List[Any]] = None
@@ -123,13 +145,13 @@ class Distribution:
 
 @dataclass
 class ObjectiveConfig:
-    metric: str = "robust_acc"  # a per-epoch validation metric: robust_acc, clean_acc or loss
-    mode: str = "max"
+    metric: SearchMetric = SearchMetric.robust_acc  # a per-epoch validation metric
+    mode: Mode = Mode.max
 
 
 @dataclass
 class SchedulerConfig:
-    name: str = "asha"  # asha (early stopping on the first objective, per epoch) or fifo (none)
+    name: Scheduler = Scheduler.asha  # asha (early stopping on the first objective, per epoch) or fifo (none)
     grace_period: int = 2  # epochs every trial runs before it may be stopped
     reduction_factor: int = 2
 
@@ -138,7 +160,7 @@ class SchedulerConfig:
 class TuneConfig:
     space: Dict[str, Distribution] = field(default_factory=dict)
     objectives: List[ObjectiveConfig] = field(default_factory=lambda: [ObjectiveConfig()])
-    algorithm: str = "auto"  # tpe, nsga2 or random; auto: TPE for one objective, NSGA-II for several
+    algorithm: Algorithm = Algorithm.auto  # tpe, nsga2 or random; auto: TPE for one objective, NSGA-II for several
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     num_samples: int = 8
     max_concurrent: int = 2
@@ -165,7 +187,7 @@ class RaygapConfig:
     attack: AttackConfig = field(default_factory=AttackConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(
-        epochs=30, lr=0.05, schedule="cosine", ema=False))
+        epochs=30, lr=0.05, schedule=Schedule.cosine, ema=False))
     eval: EvalConfig = field(default_factory=EvalConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     final_eval: FinalEvalConfig = field(default_factory=FinalEvalConfig)
@@ -173,7 +195,7 @@ class RaygapConfig:
     name: str = ""  # experiment name; empty: derived from the config, so a re-run finds its run again
     checkpoint: str = ""  # the checkpoint to evaluate
     pretrained: str = ""  # start fine-tuning from this checkpoint instead of the cached natural model
-    init: str = "auto"  # the start of train: auto (the method's own: random weights for natural and pgd_at,
+    init: Init = Init.auto  # the start of train: auto (the method's own: random weights for natural and pgd_at,
     # the natural pre-trained model for the others), pretrained, or scratch (the from-scratch recipes)
 
 
@@ -221,7 +243,12 @@ def _one_line(err: Exception) -> str:
     key = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("full_key:")), "")
     if " not in " in lines[0] and key:
         return f"unknown config key '{key}' (print the config's keys with --cfg)"
+    if (closed := CLOSED_CHOICE.fullmatch(lines[0])) and key:  # a value outside an enum's options
+        return f"{key} '{closed['value']}' is unknown; choose one of: {closed['options']}"
     return f"{key}: {lines[0]}" if key else lines[0]
+
+
+CLOSED_CHOICE = re.compile(r"Invalid value '(?P<value>.*)', expected one of \[(?P<options>.*)\]")
 
 
 def load(overrides: list[str], config_name: str = "raygap", search: bool = True) -> DictConfig:
@@ -275,14 +302,12 @@ def _require(ok: bool, key: str, why: str):
         raise UserError(f"bad config: {key} {why}")
 
 
-SCHEDULES = ("step", "afd", "cosine", "constant")
-INITS = ("auto", "pretrained", "scratch")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def validate(cfg: DictConfig) -> None:
     """Range checks that types cannot express; raises UserError with one line naming the key."""
-    from raygap.attacks import NORMS, make_attack
+    from raygap.attacks import make_attack
     from raygap.data import DATASETS
     from raygap.methods import METHODS, params_of
     from raygap.models import BACKBONES
@@ -296,16 +321,13 @@ def validate(cfg: DictConfig) -> None:
         _require(0 < cfg.data[key] < 1, f"data.{key}", f"must lie strictly between 0 and 1, got {cfg.data[key]}")
     _require(cfg.data.crop_padding >= 0, "data.crop_padding", "must be >= 0")
     _require(cfg.data.train_n >= 0, "data.train_n", f"must be >= 0 (0: the whole training split), got {cfg.data.train_n}")
-    _require(cfg.data.resident in ("auto", "device", "host"), "data.resident", "must be auto, device or host")
     _require(len(cfg.data.mean) == len(cfg.data.std), "data.mean", "and data.std must have the same length")
     _require(all(s > 0 for s in cfg.data.std), "data.std", "must be positive")
     for node in ("attack", "eval"):
         eps, norm = cfg[node].eps, cfg[node].norm
-        _require(norm in NORMS, f"{node}.norm", f"'{norm}' is unknown; choose one of: {', '.join(NORMS)}")
         _require(math.isfinite(eps) and eps >= 0, f"{node}.eps", f"must be >= 0, got {eps}")
         _require(norm != "linf" or eps <= 1, f"{node}.eps", f"= {eps} covers the whole [0, 1] pixel range; "
                  f"an L-inf budget is a fraction such as 8/255 = 0.0314")
-    _require(cfg.attack.name in ("pgd", "fgsm", "cw"), "attack.name", f"'{cfg.attack.name}' is unknown; choose pgd, fgsm or cw")
     _require(cfg.attack.steps >= 1, "attack.steps", f"must be >= 1, got {cfg.attack.steps}")
     _require(cfg.attack.step_size is None or cfg.attack.step_size > 0, "attack.step_size", "must be > 0 (or null for 2.5 eps / steps)")
     for node in ("train", "pretrain"):
@@ -315,30 +337,24 @@ def validate(cfg: DictConfig) -> None:
         _require(t.lr > 0 and math.isfinite(t.lr), f"{node}.lr", f"must be > 0, got {t.lr}")
         _require(0 <= t.momentum < 1, f"{node}.momentum", "must lie in [0, 1)")
         _require(t.weight_decay >= 0, f"{node}.weight_decay", "must be >= 0")
-        _require(t.schedule in SCHEDULES, f"{node}.schedule", f"'{t.schedule}' is unknown; choose one of: {', '.join(SCHEDULES)}")
         _require(all(0 < m < 1 for m in t.milestones), f"{node}.milestones", "are fractions of training in (0, 1)")
         _require(0 < t.lr_decay <= 1, f"{node}.lr_decay", "must lie in (0, 1]")
         _require(0 < t.ema_decay < 1, f"{node}.ema_decay", "must lie in (0, 1)")
         _require(t.workers >= 0, f"{node}.workers", "must be >= 0 (0 trains in this process)")
         _require(t.gpus_per_worker >= 0 and t.cpus_per_worker > 0, f"{node}.gpus_per_worker",
                  "must be >= 0 and cpus_per_worker > 0")
-        _require(t.precision in ("auto", "bf16", "fp32"), f"{node}.precision", "must be auto, bf16 or fp32")
         _require(str(t.compile).lower() in ("auto", "true", "false"), f"{node}.compile", "must be auto, true or false")
-        _require(t.backend in ("auto", "nccl", "gloo"), f"{node}.backend", "must be auto, nccl or gloo")
         _require(t.max_failures >= -1, f"{node}.max_failures", "must be >= 0 (or -1 for unlimited retries)")
         _require(t.workers <= 1 or t.batch_size >= t.workers, f"{node}.batch_size",
                  f"({t.batch_size}) must be at least the number of workers ({t.workers})")
     for name in list(cfg.eval.attacks) + [cfg.eval.val_attack]:
         make_attack(name, eps=cfg.eval.eps, norm=cfg.eval.norm)
-    _require(cfg.eval.format in ("raygap", "robustbench"), "eval.format",
-             f"'{cfg.eval.format}' is unknown; choose raygap or robustbench")
     _require(cfg.eval.format != "robustbench" or "autoattack" in cfg.eval.attacks, "eval.format",
              "=robustbench reports the standard AutoAttack: add autoattack to eval.attacks")
     _require(not cfg.eval.info.reported or _is_percent(cfg.eval.info.reported), "eval.info.reported",
              f"must be a percentage such as 47.40, got '{cfg.eval.info.reported}'")
     _require(cfg.eval.n >= 0 and cfg.eval.val_n >= 0, "eval.n", "and eval.val_n must be >= 0 (0 = all)")
     _require(cfg.eval.batch_size >= 1, "eval.batch_size", "must be >= 1")
-    _require(cfg.init in INITS, "init", f"'{cfg.init}' is unknown; choose one of: {', '.join(INITS)}")
     _require(cfg.method.name in METHODS, "method", f"'{cfg.method.name}' is unknown; choose one of: {', '.join(METHODS)}")
     for key, why in METHODS[cfg.method.name].check(params_of(cfg.method)):
         _require(False, f"method.{key}", why)
@@ -356,21 +372,13 @@ def _is_percent(text: str) -> bool:
         return False
 
 
-SEARCH_METRICS = ("robust_acc", "clean_acc", "loss")
-
-
 def _validate_tune(cfg: DictConfig) -> None:
     from raygap.attacks import make_attack
     from raygap.methods import METHODS
 
     t = cfg.tune
     _require(len(t.objectives) >= 1, "tune.objectives", "needs at least one objective")
-    for o in t.objectives:
-        _require(o.metric in SEARCH_METRICS, "tune.objectives", f"metric '{o.metric}' is not one of {', '.join(SEARCH_METRICS)}")
-        _require(o.mode in ("max", "min"), "tune.objectives", f"mode '{o.mode}' must be max or min")
-    _require(t.algorithm in ("auto", "tpe", "nsga2", "random"), "tune.algorithm", "must be auto, tpe, nsga2 or random")
     _require(t.algorithm != "tpe" or len(t.objectives) == 1, "tune.algorithm", "tpe takes one objective; use nsga2")
-    _require(t.scheduler.name in ("asha", "fifo"), "tune.scheduler.name", "must be asha or fifo")
     _require(t.scheduler.grace_period >= 1 and t.scheduler.reduction_factor >= 2, "tune.scheduler",
              "needs grace_period >= 1 and reduction_factor >= 2")
     _require(t.num_samples >= 1 and t.max_concurrent >= 1, "tune.num_samples", "and tune.max_concurrent must be >= 1")
@@ -383,8 +391,6 @@ def _validate_tune(cfg: DictConfig) -> None:
         make_attack(name, eps=cfg.eval.eps, norm=cfg.eval.norm)
     for key, d in t.space.items():
         where = f"tune.space.{key}"
-        _require(d.type in ("uniform", "loguniform", "int", "choice"), where,
-                 f"has type '{d.type}'; use uniform, loguniform, int or choice")
         if d.type == "choice":
             _require(bool(d["values"]), where, "is a choice with no values")
             candidates = list(d["values"])
@@ -426,7 +432,8 @@ def digest(node: Any, length: int = 10) -> str:
 
 
 def as_dict(cfg: DictConfig) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True)
+    """The config as plain Python values (closed choices as strings), to travel through Ray."""
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
 
 
 def from_dict(plain: dict) -> DictConfig:

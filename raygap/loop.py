@@ -28,6 +28,7 @@ from raygap.attacks import autocast, correct_count, make_attack
 from raygap.config import from_dict
 from raygap.errors import Diverged
 from raygap.methods import METHODS, params_of
+from raygap.methods.base import Objective
 from raygap.models import build_model, forward_flops
 
 # Dense tensor-core peak FLOP/s (bf16, tf32) of common GPUs, for model FLOP utilisation (MFU). fp32 runs
@@ -163,6 +164,13 @@ class Job:
         """The training settings (a TrainConfig node)."""
         return OmegaConf.create(self.cfg[self.stage])
 
+    @property
+    def params(self):
+        """The method's Params: the config's method node where it names this method, else the method's
+        defaults (the natural model is pre-trained under the config of whichever method needs it)."""
+        node = OmegaConf.create(self.cfg["method"])
+        return params_of(node) if node.name == self.method else METHODS[self.method].Params()
+
     def as_plain(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -171,7 +179,7 @@ class Job:
 class Parts:
     """What a run trains with, built once: the objective and its module under its three uses."""
 
-    objective: object
+    objective: Objective
     module: nn.Module  # the trained module
     attacked: nn.Module  # what the training attack runs on: the module, or its compiled wrapper
     net: nn.Module  # what the loss runs on: the module, maybe wrapped in DDP and compiled
@@ -284,15 +292,11 @@ def warn_lr_too_high(job: Job, lr: float, start_clean: float, clean_acc: float):
 def build(job: Job, cfg, dataset: data.Dataset, context, steps: int) -> Parts:
     """The objective (on the start model), its optimiser, schedule and EMA, on the context's device."""
     t, device, world = cfg[job.stage], context.device, context.world
-    method = METHODS[job.method]
     a = cfg.attack
     attack = make_attack(a.name, eps=a.eps, norm=a.norm, steps=a.steps, step_size=a.step_size,
                          random_start=a.random_start)
-    params = params_of(cfg.method) if job.method == cfg.method.name else method.Params()
-    objective = method.Objective(start_model(job, cfg, dataset), params, attack)
-    if hasattr(objective, "teacher"):
-        objective.teacher.to(device)
-    module = objective.module.to(device)
+    objective = METHODS[job.method](start_model(job, cfg, dataset), job.params, attack).to(device)
+    module = objective.module
     if device.type == "cuda" and t.channels_last:
         module = module.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(objective.param_groups(t.weight_decay), lr=t.lr, momentum=t.momentum)

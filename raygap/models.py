@@ -1,7 +1,7 @@
 """Image classifiers that take inputs in [0, 1] and normalise inside `forward`.
 
 Every model is a `Classifier`: a backbone that maps an image to its pooled penultimate feature,
-an optional `neck` (DRRDN's class-specific disentangler after export), and a linear `head`.
+an optional `neck` (a residual MLP of the feature, which DRRDN trains), and a linear `head`.
 The defences reach the feature and the head separately through `features()` and `head`.
 """
 
@@ -73,6 +73,8 @@ class BasicBlock(nn.Module):
 
 
 class PreActBlock(nn.Module):
+    """The pre-activation residual block of PreAct ResNet-18 and of WideResNet."""
+
     def __init__(self, cin, cout, stride):
         super().__init__()
         self.bn1 = nn.BatchNorm2d(cin)
@@ -110,21 +112,6 @@ class ResNet18(nn.Module):
         return self.net(x)
 
 
-class WideBlock(nn.Module):
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(cin)
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.shortcut = None if cin == cout else nn.Conv2d(cin, cout, 1, stride, bias=False)
-
-    def forward(self, x):
-        out = F.relu(self.bn1(x))
-        shortcut = x if self.shortcut is None else self.shortcut(out)
-        return self.conv2(F.relu(self.bn2(self.conv1(out)))) + shortcut
-
-
 class WideResNet(nn.Module):
     """WRN-depth-widen as used by Madry et al. and TRADES (WRN-34-10: 46M parameters)."""
 
@@ -135,7 +122,7 @@ class WideResNet(nn.Module):
         layers, cin = [nn.Conv2d(in_shape[0], widths[0], 3, 1, 1, bias=False)], widths[0]
         for cout, stride in zip(widths[1:], (1, 2, 2)):
             for i in range(n):
-                layers.append(WideBlock(cin, cout, stride if i == 0 else 1))
+                layers.append(PreActBlock(cin, cout, stride if i == 0 else 1))
                 cin = cout
         layers += [nn.BatchNorm2d(cin), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         self.net = nn.Sequential(*layers)
@@ -156,7 +143,7 @@ BACKBONES = {
 
 class ResidualMLP(nn.Module):
     """f + U relu(V f + a) + c with hidden width `width`; U and c start at zero, so the map starts as the
-    identity (DRRDN's class-specific disentangler d_s, so that its model starts as the pre-trained one)."""
+    identity (a neck added to a pre-trained classifier leaves its logits unchanged at the start)."""
 
     def __init__(self, dim: int, width: int):
         super().__init__()
@@ -171,7 +158,7 @@ class ResidualMLP(nn.Module):
 
 
 def build_model(name: str, in_shape, num_classes: int, mean, std, neck_width: int = 0) -> Classifier:
-    """A `Classifier` for images of shape (C, H, W); `neck_width` > 0 adds DRRDN's d_s before the head."""
+    """A `Classifier` for images of shape (C, H, W); `neck_width` > 0 adds a ResidualMLP neck before the head."""
     if name not in BACKBONES:
         raise UserError(f"unknown model '{name}'; choose one of: {', '.join(BACKBONES)}")
     make, feature_dim, min_side = BACKBONES[name]

@@ -33,6 +33,8 @@ def _arrow_type(annotation):
         return _arrow_type(inner)
     if origin in (list, typing.List) or annotation is typing.Any:
         return pa.string()  # lists are kept as JSON text
+    if isinstance(annotation, type) and issubclass(annotation, str):  # the closed choices (config.choice)
+        return pa.string()
     return {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}[annotation]
 
 
@@ -70,7 +72,7 @@ def config_fields() -> tuple:
 def loss_parts() -> tuple:
     from raygap.methods import METHODS
 
-    return tuple(sorted({part for m in METHODS.values() for part in m.Objective.parts}))
+    return tuple(sorted({part for m in METHODS.values() for part in m.parts}))
 
 
 @lru_cache(maxsize=None)

@@ -26,8 +26,8 @@ def fresh(path):
 
 
 def afd_objective(path, **params):
-    p = afd.Params(**params)
-    return afd.Objective(fresh(path), p, make_attack("pgd5", eps=0.1))
+    p = afd.AFD.Params(**params)
+    return afd.AFD(fresh(path), p, make_attack("pgd5", eps=0.1))
 
 
 @pytest.mark.parametrize("size", [None, 16])
@@ -52,7 +52,7 @@ def test_afd_export_folds_d1_into_the_classifier(batch):
         for p in module.d1.parameters():
             p.normal_(0, 0.1)  # a D1 far from the identity
         expected = module.model.head(module.d1(module.model.features(x)))
-        exported = afd.Objective.export(module)
+        exported = afd.AFD.export(module)
         assert not torch.allclose(expected, fresh(path)(x), atol=1e-3)
         torch.testing.assert_close(exported(x), expected, atol=1e-5, rtol=1e-5)
     assert type(exported.neck) is torch.nn.Identity and exported.head.weight.shape == (10, 200)
@@ -128,7 +128,7 @@ def tiny_afd():
     torch.manual_seed(0)
     backbone = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 8), torch.nn.Tanh())
     model = Classifier(backbone, 8, 4, [0.5], [0.25])
-    return afd.Objective(model, afd.Params(), attack=None)
+    return afd.AFD(model, afd.AFD.Params(), attack=None)
 
 
 def batches(steps):
@@ -168,7 +168,7 @@ def raygap_run(steps, variant="official"):
     objective = tiny_afd()
     module = objective.module
     if variant == "split":
-        objective = afd.Objective(module.model, afd.Params(update="split"), attack=None)
+        objective = afd.AFD(module.model, afd.AFD.Params(update="split"), attack=None)
         objective.module.d1.load_state_dict(module.d1.state_dict())
         objective.module.d2.load_state_dict(module.d2.state_dict())
         module = objective.module
@@ -257,10 +257,10 @@ def test_afd_schedule_at_20_epochs_is_the_official_one():
 
 def test_drrdn_starts_at_the_pretrained_model(batch):
     _, path, x, _ = batch
-    objective = drrdn.Objective(fresh(path), drrdn.Params(), make_attack("pgd5", eps=0.1))
+    objective = drrdn.DRRDN(fresh(path), drrdn.DRRDN.Params(), make_attack("pgd5", eps=0.1))
     with torch.no_grad():
         torch.testing.assert_close(objective.module(x), fresh(path)(x), atol=1e-6, rtol=0)
-        exported = drrdn.Objective.export(objective.module)
+        exported = drrdn.DRRDN.export(objective.module)
         torch.testing.assert_close(exported(x), fresh(path)(x), atol=1e-6, rtol=0)
 
 
@@ -280,7 +280,7 @@ def test_trades_with_beta_zero_is_clean_cross_entropy(batch):
     _, path, x, y = batch
     model = fresh(path).train()
     twin = copy.deepcopy(model)
-    objective = trades.Objective(model, trades.Params(beta=0.0), make_attack("pgd5", eps=0.1))
+    objective = trades.TRADES(model, trades.TRADES.Params(beta=0.0), make_attack("pgd5", eps=0.1))
     x_adv = objective.adversarial(model.eval(), x, y)
     loss = objective.loss(model.train(), x, y, x_adv)["loss"]
     reference = F.cross_entropy(twin(x), y)
@@ -312,7 +312,7 @@ def test_mart_terms_match_a_hand_computed_batch():
 def test_every_objective_exports_a_classifier_that_matches_its_module(batch):
     _, path, x, _ = batch
     for name, method in METHODS.items():
-        objective = method.Objective(fresh(path), method.Params(), make_attack("pgd5", eps=0.1))
+        objective = method(fresh(path), method.Params(), make_attack("pgd5", eps=0.1))
         module = objective.module.eval()
         with torch.no_grad():
             torch.testing.assert_close(objective.export(module)(x), module(x), msg=name)

@@ -1,14 +1,18 @@
-"""Training objectives, one file each; the registry maps `method=<name>` to its module.
+"""Training objectives, one file each (see base.py for the contract); `METHODS` maps `method=<name>` to its class.
 
-Each module has `Params` (its hyperparameters, a dataclass), `check(params)` (range errors) and
-`Objective` (what is trained, how x' is made, the loss and the export; see base.Objective).
+Every module of this package is imported here, so that its `@register` runs: a new defence needs no edit
+outside its own file.
 """
+
+import importlib
+import pkgutil
 
 from omegaconf import OmegaConf
 
-from raygap.methods import afd, drrdn, mart, natural, pgd_at, trades, vaft
+from raygap.methods.base import METHODS
 
-METHODS = {m.Params.name: m for m in (natural, vaft, pgd_at, trades, mart, afd, drrdn)}
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 
 def params_of(node):
@@ -20,5 +24,5 @@ def params_of(node):
 def from_scratch(cfg) -> bool:
     """Whether fine-tuning starts from random weights: `init`, or with init=auto the method's own start."""
     if cfg.init == "auto":
-        return METHODS[cfg.method.name].Objective.from_scratch
+        return METHODS[cfg.method.name].from_scratch
     return cfg.init == "scratch"

@@ -54,36 +54,20 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raygap.methods.base import Objective as Base
-from raygap.methods.base import wrong_class
+from raygap.methods.base import Objective, negative, register, wrong_class
 from raygap.models import Classifier
 
-UPDATES = ("official", "split")
 
-
-@dataclass
-class Params:
-    name: str = "afd"
-    alpha: float = 0.05  # weight of the confused-feature loss
-    sigma: float = 0.25  # weight of the separation loss: the script's --sigma (its README and the paper: beta)
-    align_weight: float = 25.0  # the official gamma: alignment of D1 f with the pre-trained feature
-    disentangler_size: Optional[int] = None  # null or >= the feature dimension: the full matrix; else rank r
-    update: str = "official"  # official (the authors' three-optimiser rule in one step) or split (raygap's)
-
-
-def check(p):
-    bad = [(k, f"must be >= 0, got {getattr(p, k)}") for k in ("alpha", "sigma", "align_weight") if getattr(p, k) < 0]
-    if p.disentangler_size is not None and p.disentangler_size < 1:
-        bad.append(("disentangler_size", f"must be >= 1 (or null for the full matrix), got {p.disentangler_size}"))
-    if p.update not in UPDATES:
-        bad.append(("update", f"'{p.update}' is unknown; choose official or split"))
-    return bad
+class Update(StrEnum):
+    official = "official"  # the authors' three-optimiser rule in one step (docstring)
+    split = "split"  # raygap's earlier variant
 
 
 class LowRank(nn.Module):
@@ -142,9 +126,26 @@ class AFDModule(nn.Module):
         return out
 
 
-class Objective(Base):
+@register
+class AFD(Objective):
     parts = ("ce_adv", "align", "confused", "separation")
     teacher_forwards = 1  # the frozen natural model's features of x
+
+    @dataclass
+    class Params:
+        name: str = "afd"
+        alpha: float = 0.05  # weight of the confused-feature loss
+        sigma: float = 0.25  # weight of the separation loss: the script's --sigma (its README and the paper: beta)
+        align_weight: float = 25.0  # the official gamma: alignment of D1 f with the pre-trained feature
+        disentangler_size: Optional[int] = None  # null or >= the feature dimension: the full matrix; else rank r
+        update: Update = Update.official
+
+    @staticmethod
+    def check(p):
+        bad = negative(p, "alpha", "sigma", "align_weight")
+        if p.disentangler_size is not None and p.disentangler_size < 1:
+            bad.append(("disentangler_size", f"must be >= 1 (or null for the full matrix), got {p.disentangler_size}"))
+        return bad
 
     def __init__(self, model: Classifier, params: Params, attack):
         super().__init__(model, params, attack)
@@ -152,9 +153,16 @@ class Objective(Base):
             print(f"afd: disentangler_size {params.disentangler_size} exceeds the feature dimension "
                   f"{model.feature_dim}: using the full {model.feature_dim} x {model.feature_dim} matrix", flush=True)
         self.module = AFDModule(model, params.disentangler_size, params.update)
-        # The frozen pre-trained model gives the natural features that D1 f is aligned with; it is kept
-        # outside `module` so that it is neither trained, averaged nor synchronised.
+        # The frozen pre-trained model gives the natural features that D1 f is aligned with: a module of
+        # the objective (so .to(device) moves it) outside `module` (so it is neither trained, averaged,
+        # synchronised nor checkpointed; every run rebuilds it from its start model).
         self.teacher = copy.deepcopy(model).eval().requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        """The teacher stays in eval mode: its batch norm must keep the pre-trained statistics."""
+        super().train(mode)
+        self.teacher.eval()
+        return self
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         if self.params.update != "official":

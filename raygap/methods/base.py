@@ -1,27 +1,45 @@
-"""What every training objective shares; each method is one file that subclasses `Objective`."""
+"""The method contract: a training objective is an `nn.Module` subclass of `Objective`, registered by name.
+
+Adding a defence is one file in this package (methods/__init__.py imports every file here) holding a
+class decorated with `@register`. The class owns
+- `Params`: a dataclass of its hyperparameters, whose `name` default is the `method=<name>` it answers to;
+- `check(params)`: its range checks, a list of (key, why) pairs;
+- every module it uses: `self.module`, what is trained, and any frozen one (a teacher), so that
+  `objective.to(device)` moves them all;
+- how x' is made (`adversarial`), the loss and its logged `parts`, and the deployable classifier (`export`).
+`module(x)` always returns the logits used at inference, so attacks and validation run on it.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from raygap.models import Classifier
 
+METHODS: dict[str, type[Objective]] = {}  # method name -> its Objective class
 
-class Objective:
-    """vAFT, the plain case: the classifier itself is trained on CE of PGD examples made on it.
 
-    Subclasses change `module` (what is trained), `adversarial` (how x' is made), `loss` and `export`.
-    `module(x)` always returns the logits used at inference, so attacks and validation run on it.
+def register(cls: type[Objective]) -> type[Objective]:
+    """Class decorator: `method=<cls.Params.name>` trains with `cls`."""
+    METHODS[cls.Params.name] = cls
+    return cls
+
+
+class Objective(nn.Module):
+    """Cross-entropy on x' = the training attack's example, made on the trained classifier itself.
+
+    Subclasses set `Params` and override what differs: `adversarial`, `loss`, `export`, `param_groups`.
     """
 
-    parts = ("ce_adv",)  # the logged loss parts; the epochs table has a column for each
-    from_scratch = False  # True: start from random weights instead of the natural pre-trained model
+    @dataclass
+    class Params:
+        name: str = ""
 
-    def __init__(self, model: Classifier, params, attack):
-        self.module: nn.Module = model
-        self.params = params
-        self.attack = attack
+    parts = ("ce_adv",)  # the logged loss parts; the epochs table has a column for each
+    from_scratch = False  # True: with init=auto, start from random weights instead of the natural model
 
     # The passes of the classifier a step cannot avoid, per training image (benchmarks/step.py times
     # each alone): the attack's k steps of forward + input gradient, its extra forwards on x, the
@@ -30,6 +48,17 @@ class Objective:
     attack_clean_forwards = 0
     training_passes = 1
     teacher_forwards = 0
+
+    def __init__(self, model: Classifier, params, attack):
+        super().__init__()
+        self.module: nn.Module = model
+        self.params = params
+        self.attack = attack
+
+    @staticmethod
+    def check(params) -> list[tuple[str, str]]:
+        """(key, why) for each hyperparameter out of range; empty when all are fine."""
+        return []
 
     def passes(self, attack_steps: int) -> int:
         """Forward-pass equivalents per training image, for model FLOP utilisation: a forward is 1,
@@ -56,10 +85,11 @@ class Objective:
         return module
 
 
+def negative(params, *keys: str) -> list[tuple[str, str]]:
+    """`check`'s entries for the weights among `keys` that are below zero."""
+    return [(key, f"must be >= 0, got {getattr(params, key)}") for key in keys if getattr(params, key) < 0]
+
+
 def wrong_class(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The top-scoring wrong class: the prediction where it is wrong, else the runner-up."""
     return logits.detach().scatter(1, y[:, None], float("-inf")).argmax(1)
-
-
-def no_checks(params) -> list:
-    return []

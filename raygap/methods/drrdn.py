@@ -26,25 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raygap.methods.base import Objective as Base
+from raygap.methods.base import Objective, negative, register
 from raygap.models import Classifier, ResidualMLP
-
-
-@dataclass
-class Params:
-    name: str = "drrdn"
-    disentangler_size: int = 128  # hidden width h of d_s, width of d_i
-    align_weight: float = 1.0  # lambda_align
-    disc_weight: float = 0.1
-    recon_weight: float = 0.1
-
-
-def check(p):
-    bad = [(k, f"must be >= 0, got {getattr(p, k)}") for k in ("align_weight", "disc_weight", "recon_weight")
-           if getattr(p, k) < 0]
-    if p.disentangler_size < 1:
-        bad.append(("disentangler_size", f"must be >= 1, got {p.disentangler_size}"))
-    return bad
 
 
 def relative_mse(output, target):
@@ -79,9 +62,25 @@ class DRRDNModule(nn.Module):
                 "recon": self.decoder(torch.cat([z_s, z_i], 1))}
 
 
-class Objective(Base):
+@register
+class DRRDN(Objective):
     parts = ("ce", "align", "disc", "recon")
     training_passes = 2  # natural and adversarial
+
+    @dataclass
+    class Params:
+        name: str = "drrdn"
+        disentangler_size: int = 128  # hidden width h of d_s, width of d_i
+        align_weight: float = 1.0  # lambda_align
+        disc_weight: float = 0.1
+        recon_weight: float = 0.1
+
+    @staticmethod
+    def check(p):
+        bad = negative(p, "align_weight", "disc_weight", "recon_weight")
+        if p.disentangler_size < 1:
+            bad.append(("disentangler_size", f"must be >= 1, got {p.disentangler_size}"))
+        return bad
 
     def __init__(self, model: Classifier, params: Params, attack):
         super().__init__(model, params, attack)

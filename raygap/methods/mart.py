@@ -13,18 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from raygap.methods.base import Objective as Base
-from raygap.methods.base import wrong_class
-
-
-@dataclass
-class Params:
-    name: str = "mart"
-    beta: float = 6.0
-
-
-def check(p):
-    return [] if p.beta >= 0 else [("beta", f"must be >= 0, got {p.beta}")]
+from raygap.methods.base import Objective, negative, register, wrong_class
 
 
 def terms(logits_nat, logits_adv, y):
@@ -38,9 +27,19 @@ def terms(logits_nat, logits_adv, y):
     return boosted_ce, (kl_per_example * weights).mean(), weights
 
 
-class Objective(Base):
+@register
+class MART(Objective):
     parts = ("bce", "kl")
     training_passes = 2  # natural and adversarial
+
+    @dataclass
+    class Params:
+        name: str = "mart"
+        beta: float = 6.0
+
+    @staticmethod
+    def check(p):
+        return negative(p, "beta")
 
     def loss(self, net, x, y, x_adv):
         boosted_ce, weighted_kl, _ = terms(net(x), net(x_adv), y)

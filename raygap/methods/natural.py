@@ -4,19 +4,18 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from raygap.methods.base import Objective as Base
-from raygap.methods.base import no_checks as check  # noqa: F401  (the registry's interface)
+from raygap.methods.base import Objective, register
 
 
-@dataclass
-class Params:
-    name: str = "natural"
-
-
-class Objective(Base):
+@register
+class Natural(Objective):
     parts = ("ce",)
     from_scratch = True
     attacked = False
+
+    @dataclass
+    class Params:
+        name: str = "natural"
 
     def adversarial(self, module, x, y):
         return None

@@ -5,14 +5,13 @@ From scratch it needs a longer schedule than fine-tuning, e.g. train.epochs=100 
 
 from dataclasses import dataclass
 
-from raygap.methods.base import Objective as Base
-from raygap.methods.base import no_checks as check  # noqa: F401  (the registry's interface)
+from raygap.methods.base import Objective, register
 
 
-@dataclass
-class Params:
-    name: str = "pgd_at"
-
-
-class Objective(Base):
+@register
+class PGDAT(Objective):
     from_scratch = True
+
+    @dataclass
+    class Params:
+        name: str = "pgd_at"

@@ -13,17 +13,7 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
-from raygap.methods.base import Objective as Base
-
-
-@dataclass
-class Params:
-    name: str = "trades"
-    beta: float = 6.0
-
-
-def check(p):
-    return [] if p.beta >= 0 else [("beta", f"must be >= 0, got {p.beta}")]
+from raygap.methods.base import Objective, negative, register
 
 
 def kl(logits_nat, logits_adv):
@@ -31,10 +21,20 @@ def kl(logits_nat, logits_adv):
     return F.kl_div(F.log_softmax(logits_adv.float(), 1), F.softmax(logits_nat.float(), 1), reduction="batchmean")
 
 
-class Objective(Base):
+@register
+class TRADES(Objective):
     parts = ("ce", "kl")
     attack_clean_forwards = 1  # the attack's KL target
     training_passes = 2  # natural and adversarial
+
+    @dataclass
+    class Params:
+        name: str = "trades"
+        beta: float = 6.0
+
+    @staticmethod
+    def check(p):
+        return negative(p, "beta")
 
     def adversarial(self, module, x, y):
         p_nat = F.softmax(module(x).float(), 1).detach()

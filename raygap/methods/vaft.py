@@ -2,10 +2,13 @@
 
 from dataclasses import dataclass
 
-from raygap.methods.base import Objective  # noqa: F401  (the registry's interface)
-from raygap.methods.base import no_checks as check  # noqa: F401
+from raygap.methods.base import Objective, register
 
 
-@dataclass
-class Params:
-    name: str = "vaft"
+@register
+class VAFT(Objective):
+    """The base objective as it is: CE on PGD examples, from the natural pre-trained model."""
+
+    @dataclass
+    class Params:
+        name: str = "vaft"
