@@ -38,8 +38,8 @@ ReportFormat = choice("ReportFormat", "raygap robustbench")
 DistributionType = choice("DistributionType", "uniform loguniform int choice")
 SearchMetric = choice("SearchMetric", "robust_acc clean_acc loss")
 Mode = choice("Mode", "max min")
-Scheduler = choice("Scheduler", "asha fifo")
-Algorithm = choice("Algorithm", "auto tpe nsga2 random")
+Scheduler = choice("Scheduler", "asha pareto_asha fifo")
+Algorithm = choice("Algorithm", "auto tpe nsga2 random grid")
 Init = choice("Init", "auto pretrained scratch")
 
 
@@ -151,7 +151,9 @@ class ObjectiveConfig:
 
 @dataclass
 class SchedulerConfig:
-    name: Scheduler = Scheduler.asha  # asha (early stopping on the first objective, per epoch) or fifo (none)
+    # asha: early stopping on the first objective, per epoch; pareto_asha: on all objectives, a trial stopped
+    # only when enough trials at its rung dominate it (stopping.py); fifo: none
+    name: Scheduler = Scheduler.asha
     grace_period: int = 2  # epochs every trial runs before it may be stopped
     reduction_factor: int = 2
 
@@ -160,7 +162,9 @@ class SchedulerConfig:
 class TuneConfig:
     space: Dict[str, Distribution] = field(default_factory=dict)
     objectives: List[ObjectiveConfig] = field(default_factory=lambda: [ObjectiveConfig()])
-    algorithm: Algorithm = Algorithm.auto  # tpe, nsga2 or random; auto: TPE for one objective, NSGA-II for several
+    # tpe, nsga2, random, or grid (every combination of the choices, once); auto: TPE for one objective,
+    # NSGA-II for several
+    algorithm: Algorithm = Algorithm.auto
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     num_samples: int = 8
     max_concurrent: int = 2
@@ -168,6 +172,7 @@ class TuneConfig:
     trial_resources: Dict[str, float] = field(default_factory=lambda: {"CPU": 0.1})  # each trial's driver
     max_failures: int = 0  # retries of a trial whose run raised, before it is recorded as failed
     optuna_storage: str = ""  # an Optuna RDB URL; empty: sqlite file optuna.db in the experiment folder
+    warm_start: str = ""  # an earlier experiment (name under storage, or its folder): its completed trials inform the searcher
 
 
 @dataclass
@@ -379,6 +384,8 @@ def _validate_tune(cfg: DictConfig) -> None:
     t = cfg.tune
     _require(len(t.objectives) >= 1, "tune.objectives", "needs at least one objective")
     _require(t.algorithm != "tpe" or len(t.objectives) == 1, "tune.algorithm", "tpe takes one objective; use nsga2")
+    _require(t.scheduler.name != "pareto_asha" or len(t.objectives) > 1, "tune.scheduler.name=pareto_asha",
+             "stops trials on several objectives, and tune.objectives has one: use asha")
     _require(t.scheduler.grace_period >= 1 and t.scheduler.reduction_factor >= 2, "tune.scheduler",
              "needs grace_period >= 1 and reduction_factor >= 2")
     _require(t.num_samples >= 1 and t.max_concurrent >= 1, "tune.num_samples", "and tune.max_concurrent must be >= 1")
@@ -419,6 +426,17 @@ def _validate_tune(cfg: DictConfig) -> None:
                     OmegaConf.update(trial, key, value)
                 except Exception as err:
                     _require(False, where, f"value {value!r} does not fit the key: {str(err).splitlines()[0]}")
+    if t.algorithm == "grid":
+        _validate_grid(t)
+
+
+def _validate_grid(t) -> None:
+    for key, d in t.space.items():
+        _require(d.type == "choice" and not d.when, f"tune.space.{key}",
+                 "must be a choice without `when` for tune.algorithm=grid (a grid is every combination of values)")
+    size = math.prod(len(d["values"]) for d in t.space.values())
+    _require(t.num_samples == size, "tune.num_samples", f"must be {size}, the number of combinations of the grid, "
+             f"for tune.algorithm=grid (got {t.num_samples})")
 
 
 _ABSENT = object()

@@ -12,7 +12,6 @@ anything.
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
 import json
 import logging
@@ -23,7 +22,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from raygap import results, storage
+from raygap import results, searcher, storage
 from raygap.config import as_dict, digest, trial_config
 from raygap.errors import StorageError, UserError
 from raygap.recorder import Recorder
@@ -34,20 +33,6 @@ DEFAULT_SEARCH = "afd"
 def experiment_name(cfg, search: str) -> str:
     """`name` when given, else derived from the search space and the whole config (so re-runs find it)."""
     return cfg.name or f"{Path(search).stem}-{cfg.data.name}-{cfg.model.name}-{digest(cfg)}"
-
-
-def suggest(trial, space: dict) -> None:
-    """Optuna define-by-run: suggest each searched key, skipping those whose `when` does not hold."""
-    chosen = {}
-    for key, d in space.items():
-        if any(chosen.get(other) not in allowed for other, allowed in (d.get("when") or {}).items()):
-            continue
-        if d["type"] == "choice":
-            chosen[key] = trial.suggest_categorical(key, d["values"])
-        elif d["type"] == "int":
-            chosen[key] = trial.suggest_int(key, int(d["low"]), int(d["high"]), log=d["log"])
-        else:
-            chosen[key] = trial.suggest_float(key, d["low"], d["high"], log=d["type"] == "loguniform")
 
 
 def run_trial(config: dict) -> None:
@@ -88,51 +73,16 @@ def trial_process_resources(cfg) -> dict:
     return own
 
 
-def _searcher(cfg, experiment: str, experiment_dir: str):
-    import optuna
-    from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
-
-    t = cfg.tune
-    objectives = list(t.objectives)
-    algorithm = t.algorithm if t.algorithm != "auto" else ("tpe" if len(objectives) == 1 else "nsga2")
-    sampler = {"tpe": lambda: optuna.samplers.TPESampler(seed=t.seed),
-               "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=t.seed),
-               "random": lambda: optuna.samplers.RandomSampler(seed=t.seed)}[algorithm]()
-    url = _optuna_url(cfg, experiment_dir)
-    metric = [o.metric for o in objectives] if len(objectives) > 1 else objectives[0].metric
-    mode = [o.mode for o in objectives] if len(objectives) > 1 else objectives[0].mode
-    searcher = OptunaSearch(space=functools.partial(suggest, space=as_dict(t.space)), metric=metric, mode=mode,
-                            sampler=sampler, study_name=experiment, storage=optuna.storages.RDBStorage(url))
-    return ConcurrencyLimiter(searcher, max_concurrent=t.max_concurrent), url
-
-
-def _optuna_url(cfg, experiment_dir: str) -> str:
-    if cfg.tune.optuna_storage:
-        return cfg.tune.optuna_storage
-    url = results.optuna_url(experiment_dir)
-    os.makedirs(os.path.dirname(url[len("sqlite:///"):]), exist_ok=True)
-    return url
-
-
 def _trial_name(trial) -> str:
     return trial.trial_id
 
 
-def _scheduler(cfg):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
-    s, objective = cfg.tune.scheduler, cfg.tune.objectives[0]
-    if s.name == "fifo":
-        return FIFOScheduler()
-    return ASHAScheduler(metric=objective.metric, mode=objective.mode, time_attr="training_iteration",
-                         max_t=cfg.train.epochs, grace_period=min(s.grace_period, cfg.train.epochs),
-                         reduction_factor=s.reduction_factor)
-
-
 def run(cfg, search: str = DEFAULT_SEARCH) -> dict:
     """Run (or resume, or summarise) the search of `cfg`; returns the summary."""
-    from raygap import runner
+    import ray.tune  # importing Ray starts nothing: bad input below is still refused before any Ray process
+    from ray.tune import FailureConfig, RunConfig, TuneConfig, Tuner
+
+    from raygap import runner, stopping
     from raygap.methods import from_scratch
 
     if not cfg.tune.space:
@@ -145,27 +95,25 @@ def run(cfg, search: str = DEFAULT_SEARCH) -> dict:
     runner.check_resources({k: own.get(k, 0) + total.get(k, 0) for k in own.keys() | total.keys()}, per_node)
     for table in ("trials", "epochs"):
         results.check_readable(experiment_dir, table)
+    resuming = Tuner.can_restore(experiment_dir)
+    warm = searcher.warm_start(cfg) if cfg.tune.warm_start and not resuming else None  # refused before Ray starts
     runner.connect()
-
-    import ray.tune
-    from ray.tune import FailureConfig, RunConfig, TuneConfig, Tuner
-
     print(f"search '{search}': {cfg.tune.num_samples} trials of {cfg.method.name} on {cfg.data.name} with "
           f"{cfg.model.name}, {cfg.train.epochs} epochs each, in {experiment_dir}", flush=True)
     some_fine_tune = not from_scratch(cfg) or (cfg.init == "auto" and "method" in cfg.tune.space)
     if some_fine_tune and not cfg.pretrained:
         cfg.pretrained = runner.natural_model(cfg)["checkpoint"]
     trainable = ray.tune.with_resources(run_trial, own)
-    if Tuner.can_restore(experiment_dir):
+    if resuming:
         print(f"resuming the search in {experiment_dir}", flush=True)
         tuner = Tuner.restore(experiment_dir, trainable=trainable, resume_errored=False)
     else:
-        searcher, url = _searcher(cfg, experiment, experiment_dir)
+        search_alg, url = searcher.searcher(cfg, experiment, experiment_dir, warm)
         print(f"Optuna study '{experiment}' in {url}", flush=True)
         # Trials that train in their own process reuse it: the next trial skips a process start and the
         # imports (seconds on small CPUs); everything a trial trains with is built afresh in train_loop.
         tuner = Tuner(trainable, param_space={"base": as_dict(cfg), "experiment": experiment},
-                      tune_config=TuneConfig(search_alg=searcher, scheduler=_scheduler(cfg),
+                      tune_config=TuneConfig(search_alg=search_alg, scheduler=stopping.scheduler(cfg),
                                              reuse_actors=cfg.train.workers == 0,
                                              num_samples=cfg.tune.num_samples, trial_name_creator=_trial_name,
                                              trial_dirname_creator=_trial_name),
@@ -198,7 +146,7 @@ def _close_orphans(cfg, experiment: str, experiment_dir: str) -> None:
     """
     import optuna
 
-    study = optuna.load_study(study_name=experiment, storage=_optuna_url(cfg, experiment_dir))
+    study = optuna.load_study(study_name=experiment, storage=searcher.optuna_url(cfg, experiment_dir))
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
 

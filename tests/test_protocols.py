@@ -1,6 +1,7 @@
 """The real-data CIFAR-10 protocols, run tiny on the CPU on the shipped sample of real CIFAR-10 images."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ def test_the_cpu_cifar10_search_config_trains_on_real_cifar_images(tmp_path):
 def benchmark(name: str):
     spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the file runs
     spec.loader.exec_module(module)
     return module
 

@@ -7,6 +7,7 @@ import time
 
 import optuna
 import pandas as pd
+import pytest
 
 from raygap import results
 from raygap.analysis import pareto_front
@@ -126,3 +127,66 @@ def test_a_searched_method_gets_its_defaults_for_the_data(tmp_path):
     assert trial_config(base, {"method": "mart"}).method.beta == 6.0
     cifar = config.as_dict(config.load([f"storage={tmp_path}", "data=cifar10", "data.download=true"], "baselines"))
     assert trial_config(cifar, {"method": "trades"}).method.beta == 6.0
+
+
+def test_a_warm_started_pareto_search_is_told_the_earlier_trials_and_trains_only_its_own(
+        tmp_path, small_search, natural_digits):
+    earlier_dir = small_search[0]
+    completed = int((results.read_table(earlier_dir, "trials").status == "completed").sum())
+    assert completed >= 1
+    proc = tune_cli(tmp_path, natural_digits[1], "search=afd_pareto", "name=warm", f"tune.warm_start={earlier_dir}",
+                    "tune.num_samples=3", "final_eval.top_k=0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"warm start: {completed} of the {completed} completed trials of {earlier_dir}" in proc.stdout
+    trials, _ = check_tables(tmp_path / "warm")  # afd_pareto stops early with Pareto-aware ASHA
+    assert len(trials) == 3 and len(os.listdir(tmp_path / "warm" / "runs")) == 3  # the earlier ones not retrained
+    study = optuna.load_study(study_name="warm", storage=f"sqlite:///{tmp_path}/warm/optuna.db")
+    told = [t for t in study.trials if "warm_start" in t.user_attrs]
+    assert len(told) == completed and len(study.trials) == completed + 3
+    assert all(len(t.values) == 2 for t in told)  # robust and clean accuracy, the two objectives
+
+
+GRID = """
+defaults: [afd, _self_]
+tune:
+  algorithm: grid
+  num_samples: 4
+  scheduler: {name: fifo}
+  space:
+    method.disentangler_size: {type: choice, values: [2, 200]}
+    method.align_weight: {type: choice, values: [2.0, 25.0]}
+    attack.eps: {type: choice, values: [0.1]}
+"""
+
+
+def test_a_recorded_grid_replays_deterministically_and_an_oracle_reaches_its_best(tmp_path, natural_digits):
+    from test_protocols import benchmark
+
+    space = tmp_path / "grid.yaml"
+    space.write_text(GRID)
+    proc = tune_cli(tmp_path, natural_digits[1], f"search={space}", "name=grid", "final_eval.top_k=0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials, _ = check_tables(tmp_path / "grid")
+    assert len(trials) == 4 and set(trials.status) == {"completed"}
+    assert len(set(trials.params)) == 4  # every combination, once
+
+    replay = benchmark("search_replay")
+    grid = replay.load_grid(str(tmp_path / "grid"))
+    assert len(grid.curves) == 4 and grid.epochs == 2
+    budget = 3 * sum(s for _, _, s in next(iter(grid.curves.values())))
+    for strategy in replay.STRATEGIES:
+        first = replay.replay(grid, strategy, seed=1, budget=budget, grace_period=1)
+        assert first == replay.replay(grid, strategy, seed=1, budget=budget, grace_period=1)
+        assert max(best for _, best, _ in first) <= grid.best()
+    best_key = max(grid.curves, key=lambda k: grid.curves[k][-1][0])
+    oracle = replay.replay(grid, replay.STRATEGIES[0], seed=0, budget=budget,
+                           choose=lambda history: dict(zip(grid.space, best_key)))
+    assert oracle[0][1] == grid.best()
+    outside = lambda history: {"method.disentangler_size": 8, "method.align_weight": 2.0, "attack.eps": 0.1}  # noqa: E731
+    with pytest.raises(replay.GridError, match="the grid has no configuration"):
+        replay.replay(grid, replay.STRATEGIES[0], seed=0, budget=budget, choose=outside)
+    rows = replay.main([str(tmp_path / "grid"), "--replays", "3", "--budget-trials", "2", "--grace-period", "1"])
+    assert [name for name, _, _ in rows] == [s.name for s in replay.STRATEGIES]
+    with pytest.raises(SystemExit) as refused:
+        replay.main([str(tmp_path / "nowhere")])
+    assert refused.value.code == 2

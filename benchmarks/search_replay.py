@@ -1,0 +1,240 @@
+"""Search strategies replayed against a recorded grid: best robust accuracy against compute, with spread.
+
+    python -m raygap.tune search=benchmarks/grids/afd_digits.yaml          # once: every configuration, to the end
+    python benchmarks/search_replay.py raygap_results/afd_digits_grid [--replays 20] [--budget-trials 8]
+
+The grid's epochs table holds every configuration's whole learning curve and what each epoch cost, so a
+search can be replayed without training (the approach of tabular HPO benchmarks): a replayed trial
+costs the seconds its epochs cost when they ran, and an early-stopped one only the epochs it got. The
+searchers are raygap's own (`searcher.sampler`, `searcher.suggest`: Optuna, seeded per replay); the
+stoppers are ASHA's rule as Ray's `ASHAScheduler` applies it (a trial at a rung goes on when its value
+is at least the (1 - 1/reduction_factor) quantile of the values recorded there, itself included) and
+raygap's Pareto-aware rule (`stopping.pareto_keeps`). Trials run one at a time (Tune runs
+`tune.max_concurrent` at once, so a replay's rungs fill in a slightly different order).
+
+Prints, per strategy: the best final robust validation accuracy of the completed trials within the
+budget (`--budget-trials` full trials' compute), mean and sd over the replays; the compute each needed
+to reach random search's best at that budget, as a fraction of the budget; and, per rung, the Spearman
+rank correlation between the robust accuracy there and at the last epoch over all configurations
+(how safe it is to stop on it). Plots best-so-far against compute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from dataclasses import dataclass
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+from omegaconf import OmegaConf  # noqa: E402
+
+from raygap import results, searcher  # noqa: E402
+from raygap.stopping import pareto_keeps, rungs  # noqa: E402
+
+
+class GridError(Exception):
+    """The recorded grid cannot answer a replay."""
+
+
+@dataclass
+class Grid:
+    """The recorded configurations: searched values -> per-epoch (robust, clean, seconds)."""
+
+    space: dict  # the grid's searched keys, as choices
+    curves: dict  # tuple of the searched values (in space order) -> list of (robust_acc, clean_acc, seconds)
+    epochs: int
+
+    def curve(self, params: dict) -> list:
+        key = tuple(params[k] for k in self.space)
+        if key not in self.curves:
+            raise GridError(f"the grid has no configuration {params}: record it (or replay a space inside the grid)")
+        return self.curves[key]
+
+    def best(self) -> float:
+        return max(curve[-1][0] for curve in self.curves.values())
+
+
+def load_grid(experiment_dir: str) -> Grid:
+    """Read a grid experiment's tables: its completed trials' params and their epochs."""
+    if not os.path.isdir(os.path.join(experiment_dir, "trials")):
+        raise GridError(f"{experiment_dir} holds no trials table: record a grid first "
+                        f"(python -m raygap.tune search=benchmarks/grids/afd_digits.yaml)")
+    trials = results.read_table(experiment_dir, "trials")
+    epochs = results.read_table(experiment_dir, "epochs")
+    done = trials[trials.status == "completed"]
+    if done.empty:
+        raise GridError(f"{experiment_dir} has no completed trial")
+    params = {row.trial_id: json.loads(row.params) for row in done.itertuples()}
+    keys = list(next(iter(params.values())))
+    space = {k: {"type": "choice", "values": sorted({p[k] for p in params.values()})} for k in keys}
+    cost = "gpu_seconds" if epochs.gpu_seconds.sum() > 0 else "cpu_seconds"
+    curves = {}
+    for trial_id, p in params.items():
+        mine = epochs[epochs.trial_id == trial_id].sort_values("epoch")
+        curves[tuple(p[k] for k in keys)] = list(zip(mine.robust_acc, mine.clean_acc, mine[cost]))
+    return Grid(space, curves, int(done.epochs.max()))
+
+
+def asha_keeps(value: float, recorded: list[float], reduction_factor: int) -> bool:
+    """Ray's ASHA at a rung: go on when the value is at least the (1 - 1/rf) quantile of the rung's values."""
+    import numpy as np
+
+    return value >= np.nanpercentile([*recorded, value], (1 - 1 / reduction_factor) * 100)
+
+
+@dataclass
+class Strategy:
+    name: str
+    algorithm: str  # searcher.sampler's: random, tpe, nsga2
+    stopper: str  # none, asha (on robust accuracy), pareto (on robust and clean)
+
+
+STRATEGIES = [Strategy("random", "random", "none"), Strategy("TPE", "tpe", "none"),
+              Strategy("TPE + ASHA", "tpe", "asha"), Strategy("NSGA-II + ASHA (robust)", "nsga2", "asha"),
+              Strategy("NSGA-II + Pareto ASHA", "nsga2", "pareto")]
+
+
+def replay(grid: Grid, strategy: Strategy, seed: int, budget: float, grace_period: int = 2,
+           reduction_factor: int = 2, choose=None) -> list:
+    """One search until `budget` seconds are spent; returns [(seconds spent, best final robust, front)]
+    after each trial. `choose(history)`, if given, picks the configuration instead of Optuna."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    two = strategy.algorithm == "nsga2"
+    cfg = OmegaConf.create({"tune": {"algorithm": strategy.algorithm, "seed": seed, "space": grid.space,
+                                     "objectives": [{}, {}] if two else [{}]}})
+    study = optuna.create_study(directions=["maximize"] * (2 if two else 1), sampler=searcher.sampler(cfg))
+    at_rung = {r: [] for r in rungs(grid.epochs, grace_period, reduction_factor)}
+    spent, best, completed, out = 0.0, 0.0, [], []
+    while spent < budget:
+        trial = None if choose else study.ask()
+        if trial is None:
+            params = choose(out)
+        else:
+            searcher.suggest(trial, grid.space)
+            params = trial.params
+        curve = grid.curve(params)
+        for epoch, (robust, clean, seconds) in enumerate(curve, 1):
+            spent += seconds
+            if epoch in at_rung and strategy.stopper != "none":
+                keep = (asha_keeps(robust, at_rung[epoch], reduction_factor) if strategy.stopper == "asha"
+                        else pareto_keeps((robust, clean), at_rung[epoch], reduction_factor))
+                at_rung[epoch].append(robust if strategy.stopper == "asha" else (robust, clean))
+                if not keep:
+                    break
+        else:
+            completed.append((robust, clean))
+            best = max(best, robust)
+        if trial is not None:  # Tune tells the searcher the last reported values, truncated ones included
+            study.tell(trial, [robust, clean] if two else robust)
+        out.append((spent, best, list(completed)))
+    return out
+
+
+def at_budget(curve: list, budget: float) -> float:
+    return max([best for spent, best, _ in curve if spent <= budget] or [0.0])
+
+
+def compute_to_reach(curve: list, target: float) -> float | None:
+    return next((spent for spent, best, _ in curve if best >= target), None)
+
+
+def hypervolume(points: list) -> float:
+    """The area dominated by (robust, clean) points above (0, 0): the larger, the better the front."""
+    area, height = 0.0, 0.0
+    for robust, clean in sorted(points, reverse=True):  # by robust accuracy, highest first
+        if clean > height:
+            area += robust * (clean - height)
+            height = clean
+    return area
+
+
+def front_at_budget(curve: list, budget: float) -> float:
+    return max([hypervolume(done) for spent, _, done in curve if spent <= budget] or [0.0])
+
+
+def rung_correlations(grid: Grid, grace_period: int, reduction_factor: int) -> dict:
+    """Spearman correlation between robust accuracy at each rung and at the last epoch, over the configurations."""
+    import pandas as pd
+
+    final = pd.Series([c[-1][0] for c in grid.curves.values()])
+    return {r: pd.Series([c[r - 1][0] for c in grid.curves.values()]).corr(final, method="spearman")
+            for r in rungs(grid.epochs, grace_period, reduction_factor)}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("grid", help="the grid experiment's folder")
+    parser.add_argument("--replays", type=int, default=20)
+    parser.add_argument("--budget-trials", type=float, default=8, help="the budget, in full trials' compute")
+    parser.add_argument("--grace-period", type=int, default=2)
+    parser.add_argument("--reduction-factor", type=int, default=2)
+    parser.add_argument("--plot", default="")
+    args = parser.parse_args(argv)
+    try:
+        grid = load_grid(args.grid)
+    except GridError as err:
+        print(f"search_replay: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    full_trial = statistics.mean(sum(s for _, _, s in c) for c in grid.curves.values())
+    budget = args.budget_trials * full_trial
+    curves = {s.name: [replay(grid, s, seed, budget, args.grace_period, args.reduction_factor)
+                       for seed in range(args.replays)] for s in STRATEGIES}
+    target = statistics.mean(at_budget(c, budget) for c in curves["random"])
+    print(f"grid {args.grid}: {len(grid.curves)} configurations x {grid.epochs} epochs, best final robust "
+          f"accuracy {grid.best():.3f}; budget {args.budget_trials:g} full trials ({budget:.0f} s); "
+          f"{args.replays} replays; rungs at {rungs(grid.epochs, args.grace_period, args.reduction_factor)}\n")
+    print(f"| strategy | trials run | best robust acc at the budget | compute to reach random's mean best "
+          f"({target:.3f}) | hypervolume of the (robust, clean) front |")
+    print("|---|---|---|---|---|")
+    rows = []
+    for s in STRATEGIES:
+        reached = [at_budget(c, budget) for c in curves[s.name]]
+        needed = [compute_to_reach(c, target) for c in curves[s.name]]
+        hit = sorted(n / budget for n in needed if n is not None)
+        median = f"{hit[len(hit) // 2]:.2f} of the budget" if len(hit) > len(needed) / 2 else "not reached in most"
+        fronts = [front_at_budget(c, budget) for c in curves[s.name]]
+        print(f"| {s.name} | {statistics.mean(len(c) for c in curves[s.name]):.1f} | "
+              f"{statistics.mean(reached):.3f} ± {statistics.stdev(reached):.3f} | {median} ({len(hit)}/{len(needed)}) | "
+              f"{statistics.mean(fronts):.3f} ± {statistics.stdev(fronts):.3f} |")
+        rows.append((s.name, reached, needed))
+    print("\n| rung (epoch) | Spearman: robust acc there vs at the last epoch |\n|---|---|")
+    for rung, rho in rung_correlations(grid, args.grace_period, args.reduction_factor).items():
+        print(f"| {rung} | {rho:.2f} |")
+    if args.plot:
+        plot(curves, budget, args.plot)
+    return rows
+
+
+def plot(curves: dict, budget: float, path: str):
+    """Mean best-so-far over the replays against compute, with a band of one standard deviation."""
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    spent = np.linspace(0, budget, 200)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, runs in curves.items():
+        best = np.array([[at_budget(curve, x) for x in spent] for curve in runs])
+        mean, sd = best.mean(0), best.std(0)
+        ax.plot(spent, mean, label=name)
+        ax.fill_between(spent, mean - sd, mean + sd, alpha=0.15)
+    ax.set_xlabel("seconds of training spent (replayed)")
+    ax.set_ylabel("best final robust validation accuracy")
+    top = max(line.get_ydata().max() for line in ax.get_lines())
+    ax.set_ylim(top - 0.06, top + 0.005)  # the last few points of accuracy, where the strategies differ
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"\nplot: {path}")
+
+
+if __name__ == "__main__":
+    main()

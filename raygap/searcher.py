@@ -1,0 +1,156 @@
+"""The Optuna side of the search: the space, the sampler, the study, and warm starts from earlier searches."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+from dataclasses import dataclass
+
+from raygap import results, storage
+from raygap.config import as_dict
+from raygap.errors import UserError
+
+
+def suggest(trial, space: dict) -> None:
+    """Optuna define-by-run: suggest each searched key, skipping those whose `when` does not hold."""
+    chosen = {}
+    for key, d in space.items():
+        if any(chosen.get(other) not in allowed for other, allowed in (d.get("when") or {}).items()):
+            continue
+        if d["type"] == "choice":
+            chosen[key] = trial.suggest_categorical(key, d["values"])
+        elif d["type"] == "int":
+            chosen[key] = trial.suggest_int(key, int(d["low"]), int(d["high"]), log=d["log"])
+        else:
+            chosen[key] = trial.suggest_float(key, d["low"], d["high"], log=d["type"] == "loguniform")
+
+
+def distribution(d: dict):
+    """The Optuna distribution that `suggest` samples a searched key from."""
+    import optuna.distributions as od
+
+    if d["type"] == "choice":
+        return od.CategoricalDistribution(d["values"])
+    if d["type"] == "int":
+        return od.IntDistribution(int(d["low"]), int(d["high"]), log=d["log"])
+    return od.FloatDistribution(d["low"], d["high"], log=d["type"] == "loguniform")
+
+
+def algorithm(cfg) -> str:
+    """tune.algorithm with auto resolved: TPE for one objective, NSGA-II for several."""
+    t = cfg.tune
+    return str(t.algorithm) if t.algorithm != "auto" else ("tpe" if len(t.objectives) == 1 else "nsga2")
+
+
+def sampler(cfg):
+    import optuna
+
+    t = cfg.tune
+    return {"tpe": lambda: optuna.samplers.TPESampler(seed=t.seed),
+            "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=t.seed),
+            "random": lambda: optuna.samplers.RandomSampler(seed=t.seed),
+            "grid": lambda: optuna.samplers.GridSampler({k: list(d["values"]) for k, d in t.space.items()},
+                                                        seed=t.seed)}[algorithm(cfg)]()
+
+
+def optuna_url(cfg, experiment_dir: str) -> str:
+    if cfg.tune.optuna_storage:
+        return cfg.tune.optuna_storage
+    url = results.optuna_url(experiment_dir)
+    os.makedirs(os.path.dirname(url[len("sqlite:///"):]), exist_ok=True)
+    return url
+
+
+def searcher(cfg, experiment: str, experiment_dir: str, warm: WarmStart | None = None):
+    """Tune's searcher: Optuna's, on a study kept in an RDB storage (SQLite by default), at most
+    tune.max_concurrent trials at a time; the study is told the warm start's trials first."""
+    import optuna
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    objectives = list(cfg.tune.objectives)
+    url = optuna_url(cfg, experiment_dir)
+    metric = [o.metric for o in objectives] if len(objectives) > 1 else objectives[0].metric
+    mode = [str(o.mode) for o in objectives] if len(objectives) > 1 else str(objectives[0].mode)
+    study_storage = optuna.storages.RDBStorage(url)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line for the study's creation
+    if warm:
+        warm.tell(optuna.create_study(study_name=experiment, storage=study_storage, load_if_exists=True,
+                                      directions=[f"{o.mode}imize" for o in objectives]))
+    search = OptunaSearch(space=functools.partial(suggest, space=as_dict(cfg.tune.space)), metric=metric, mode=mode,
+                          sampler=sampler(cfg), study_name=experiment, storage=study_storage)
+    return ConcurrencyLimiter(search, max_concurrent=cfg.tune.max_concurrent), url
+
+
+def warm_start_dir(cfg) -> str:
+    """The earlier experiment's folder: tune.warm_start as a folder holding a trials table, else a name under storage."""
+    source = cfg.tune.warm_start
+    for candidate in (source, storage.join(cfg.storage, source)):
+        if storage.exists(storage.join(candidate, "trials")):
+            return candidate
+    raise UserError(f"tune.warm_start: no experiment '{source}' (neither a folder with a trials table nor a name "
+                    f"under {cfg.storage}); name an earlier search's experiment")
+
+
+@dataclass
+class WarmStart:
+    """An earlier experiment's completed trials, as Optuna trials of this search's space."""
+
+    source: str
+    trials: list
+    completed: int  # how many trials the earlier experiment completed
+
+    def tell(self, study) -> None:
+        """Add the trials to the study, once (a resumed search's study has them already)."""
+        if any("warm_start" in t.user_attrs for t in study.get_trials(deepcopy=False)):
+            return
+        study.add_trials(self.trials)
+        print(f"warm start: {len(self.trials)} of the {self.completed} completed trials of {self.source} told to "
+              f"the searcher (not retrained)", flush=True)
+
+
+def warm_start(cfg) -> WarmStart:
+    """Read tune.warm_start's trials table; refuses an experiment that is missing or searched none of these keys.
+
+    A searched key takes the value the earlier trial trained with (from its config, searched there or
+    not); a value outside this space's range is left out, and a trial left with no key is not reused.
+    """
+    import optuna
+
+    source = warm_start_dir(cfg)
+    frame = results.read_table(source, "trials")
+    space = as_dict(cfg.tune.space)
+    searched_before = {key for params in frame["params"].dropna() for key in json.loads(params)}
+    if not searched_before & space.keys():
+        raise UserError(f"tune.warm_start: experiment {source} searched {', '.join(sorted(searched_before)) or 'nothing'}, "
+                        f"which shares no key with this space ({', '.join(space)})")
+    objectives = list(cfg.tune.objectives)
+    completed = frame[frame.status == "completed"]
+    trials = []
+    for row in completed.to_dict("records"):
+        values = [row.get(o.metric) for o in objectives]
+        if any(v is None or not math.isfinite(v) for v in values):
+            continue
+        params = {key: row.get("method.name" if key == "method" else key) for key in space}
+        params = {key: _typed(space[key], value) for key, value in params.items() if _inside(space[key], value)}
+        if params:
+            trials.append(optuna.trial.create_trial(
+                params=params, distributions={key: distribution(space[key]) for key in params}, values=values,
+                user_attrs={"warm_start": f"{source}:{row['trial_id']}"}))
+    return WarmStart(source, trials, len(completed))
+
+
+def _inside(d: dict, value) -> bool:
+    """Whether a value read back from the table lies in a searched key's distribution."""
+    if value is None or value != value:  # null, or NaN (pandas' null in a float column)
+        return False
+    if d["type"] == "choice":
+        return value in list(d["values"])
+    return isinstance(value, (int, float)) and d["low"] <= value <= d["high"]
+
+
+def _typed(d: dict, value):
+    """An int column with nulls reads back as floats: give an int key its int."""
+    return int(value) if d["type"] == "int" else value
