@@ -26,6 +26,7 @@ from raygap import results, searcher, storage
 from raygap.config import as_dict, digest, trial_config
 from raygap.errors import StorageError, UserError
 from raygap.recorder import Recorder
+from raygap.searcher import suggest  # noqa: F401  (searches begun before 2026-11-24 pickled raygap.tune.suggest)
 
 DEFAULT_SEARCH = "afd"
 
