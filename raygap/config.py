@@ -292,6 +292,9 @@ def load(overrides: list[str], config_name: str = "raygap", search: bool = True)
             cfg.tune.space = {}
     except (HydraException, OmegaConfBaseException, ValueError) as err:
         raise UserError(f"bad config: {_one_line(err)}") from None
+    except RecursionError:  # Hydra follows a defaults list that includes its own file without end
+        raise UserError(f"search space '{config_name}' includes itself through its defaults: a file named like "
+                        f"the search space it builds on hides it; rename the file") from None
     validate(cfg)
     # Ray runs trials and workers in other folders: every local path becomes absolute here.
     cfg.storage = storage.absolute(cfg.storage)

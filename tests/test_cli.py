@@ -89,3 +89,14 @@ def test_a_diverging_run_is_one_line_and_its_rerun_ends_at_once_with_the_same_re
     assert again.returncode == 2 and again.stderr == first.stderr
     assert "training vaft" in again.stdout and "] epoch " not in again.stdout  # it started and did not train
     assert not (tmp_path / "nan" / "model.pt").exists()
+
+
+def test_a_search_space_file_named_like_the_one_it_builds_on_is_one_line(tmp_path):
+    space = tmp_path / "afd.yaml"  # hides the shipped afd.yaml that its defaults name
+    space.write_text("defaults: [afd, _self_]\ntune:\n  num_samples: 2\n")
+    proc = run_cli("tune", f"search={space}", f"storage={tmp_path / 'results'}")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "raygap: error: search space 'afd' includes itself through its defaults: a file named like the search "
+        "space it builds on hides it; rename the file"]
+    assert not (tmp_path / "results").exists()
