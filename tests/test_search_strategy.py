@@ -55,7 +55,7 @@ def first_suggestions(cfg, warm, n=10):
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0))
     if warm:
         warm.tell(study)
-    space = {k: dict(v) for k, v in searcher.as_dict(cfg.tune.space).items()}
+    space = config.as_dict(cfg.tune.space)
     suggested = []
     for _ in range(n):
         trial = study.ask()
@@ -123,7 +123,7 @@ def test_a_grid_asks_for_every_combination_once(tmp_path):
     seen = set()
 
     def objective(trial):
-        searcher.suggest(trial, searcher.as_dict(cfg.tune.space))
+        searcher.suggest(trial, config.as_dict(cfg.tune.space))
         seen.add(tuple(sorted(trial.params.items())))
         return 0.0
 
