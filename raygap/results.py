@@ -33,9 +33,9 @@ def _arrow_type(annotation):
         return _arrow_type(inner)
     if origin in (list, typing.List) or annotation is typing.Any:
         return pa.string()  # lists are kept as JSON text
-    if isinstance(annotation, type) and issubclass(annotation, str):  # the closed choices (config.choice)
+    if isinstance(annotation, type) and issubclass(annotation, str):  # str and the closed choices (config.choice)
         return pa.string()
-    return {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}[annotation]
+    return {bool: pa.bool_(), int: pa.int64(), float: pa.float64()}[annotation]
 
 
 # The search's own settings describe the experiment, not a trial: they stay out of the columns.

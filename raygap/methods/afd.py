@@ -61,7 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raygap.methods.base import Objective, negative, register, wrong_class
+from raygap.methods.base import Objective, register, wrong_class
 from raygap.models import Classifier
 
 
@@ -140,9 +140,11 @@ class AFD(Objective):
         disentangler_size: Optional[int] = None  # null or >= the feature dimension: the full matrix; else rank r
         update: Update = Update.official
 
-    @staticmethod
-    def check(p):
-        bad = negative(p, "alpha", "sigma", "align_weight")
+    non_negative = ("alpha", "sigma", "align_weight")
+
+    @classmethod
+    def check(cls, p):
+        bad = super().check(p)
         if p.disentangler_size is not None and p.disentangler_size < 1:
             bad.append(("disentangler_size", f"must be >= 1 (or null for the full matrix), got {p.disentangler_size}"))
         return bad

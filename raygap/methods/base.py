@@ -3,7 +3,7 @@
 Adding a defence is one file in this package (methods/__init__.py imports every file here) holding a
 class decorated with `@register`. The class owns
 - `Params`: a dataclass of its hyperparameters, whose `name` default is the `method=<name>` it answers to;
-- `check(params)`: its range checks, a list of (key, why) pairs;
+- `non_negative`: the hyperparameters that must be >= 0, and `check(params)` for any other range rule;
 - every module it uses: `self.module`, what is trained, and any frozen one (a teacher), so that
   `objective.to(device)` moves them all;
 - how x' is made (`adversarial`), the loss and its logged `parts`, and the deployable classifier (`export`).
@@ -55,10 +55,13 @@ class Objective(nn.Module):
         self.params = params
         self.attack = attack
 
-    @staticmethod
-    def check(params) -> list[tuple[str, str]]:
+    non_negative: tuple[str, ...] = ()  # the weights that must be >= 0, checked by `check`
+
+    @classmethod
+    def check(cls, params) -> list[tuple[str, str]]:
         """(key, why) for each hyperparameter out of range; empty when all are fine."""
-        return []
+        return [(key, f"must be >= 0, got {getattr(params, key)}") for key in cls.non_negative
+                if getattr(params, key) < 0]
 
     def passes(self, attack_steps: int) -> int:
         """Forward-pass equivalents per training image, for model FLOP utilisation: a forward is 1,
@@ -83,11 +86,6 @@ class Objective(nn.Module):
     def export(module: nn.Module) -> Classifier:
         """The deployable plain classifier for a trained `module` (or its EMA copy)."""
         return module
-
-
-def negative(params, *keys: str) -> list[tuple[str, str]]:
-    """`check`'s entries for the weights among `keys` that are below zero."""
-    return [(key, f"must be >= 0, got {getattr(params, key)}") for key in keys if getattr(params, key) < 0]
 
 
 def wrong_class(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raygap.methods.base import Objective, negative, register
+from raygap.methods.base import Objective, register
 from raygap.models import Classifier, ResidualMLP
 
 
@@ -75,9 +75,11 @@ class DRRDN(Objective):
         disc_weight: float = 0.1
         recon_weight: float = 0.1
 
-    @staticmethod
-    def check(p):
-        bad = negative(p, "align_weight", "disc_weight", "recon_weight")
+    non_negative = ("align_weight", "disc_weight", "recon_weight")
+
+    @classmethod
+    def check(cls, p):
+        bad = super().check(p)
         if p.disentangler_size < 1:
             bad.append(("disentangler_size", f"must be >= 1, got {p.disentangler_size}"))
         return bad

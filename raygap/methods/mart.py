@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from raygap.methods.base import Objective, negative, register, wrong_class
+from raygap.methods.base import Objective, register, wrong_class
 
 
 def terms(logits_nat, logits_adv, y):
@@ -31,16 +31,12 @@ def terms(logits_nat, logits_adv, y):
 class MART(Objective):
     parts = ("bce", "kl")
     training_passes = 2  # natural and adversarial
+    non_negative = ("beta",)
 
     @dataclass
     class Params:
         name: str = "mart"
         beta: float = 6.0
-
-    @staticmethod
-    def check(p):
-        return negative(p, "beta")
-
     def loss(self, net, x, y, x_adv):
         boosted_ce, weighted_kl, _ = terms(net(x), net(x_adv), y)
         return {"loss": boosted_ce + self.params.beta * weighted_kl, "bce": boosted_ce, "kl": weighted_kl}

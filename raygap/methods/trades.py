@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
-from raygap.methods.base import Objective, negative, register
+from raygap.methods.base import Objective, register
 
 
 def kl(logits_nat, logits_adv):
@@ -26,16 +26,12 @@ class TRADES(Objective):
     parts = ("ce", "kl")
     attack_clean_forwards = 1  # the attack's KL target
     training_passes = 2  # natural and adversarial
+    non_negative = ("beta",)
 
     @dataclass
     class Params:
         name: str = "trades"
         beta: float = 6.0
-
-    @staticmethod
-    def check(p):
-        return negative(p, "beta")
-
     def adversarial(self, module, x, y):
         p_nat = F.softmax(module(x).float(), 1).detach()
         # The attack maximises the same KL the loss minimises; a random start is needed since its
