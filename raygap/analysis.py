@@ -9,11 +9,10 @@ and of `python -m raygap.report`, usable from any Python session without Jupyter
 from __future__ import annotations
 
 import json
-import os
 
 import pandas as pd
 
-from raygap import results
+from raygap import results, storage, study
 
 # The test-split accuracy that marks finalists, strongest first: the per-example worst case over every
 # final attack, then single attacks (columns of raygap.tune's finalists, or of older tables).
@@ -22,13 +21,30 @@ STATUS_MARKERS = {"completed": "o", "stopped_early": "v", "failed": "x", "runnin
 
 
 def latest_experiment(root: str = "raygap_results") -> str:
-    """The experiment folder under `root` whose trials table changed last."""
-    folders = [os.path.join(root, name) for name in (os.listdir(root) if os.path.isdir(root) else [])]
-    found = [f for f in folders if os.path.isdir(os.path.join(f, "trials"))]
-    if not found:
-        raise FileNotFoundError(f"no experiment under {os.path.abspath(root)}: run `python -m raygap.tune` first, "
+    """The experiment folder under `root` (a local folder or a URI) whose trials table changed last."""
+    import pyarrow.fs as pafs
+
+    fs, where = storage.filesystem(root)
+    newest = {}  # experiment folder -> when a part file of its trials table was last written
+    if fs.get_file_info(where).type == pafs.FileType.Directory:
+        for folder in fs.get_file_info(pafs.FileSelector(where)):
+            table = pafs.FileSelector(f"{folder.path}/trials", allow_not_found=True)
+            written = [f.mtime for f in fs.get_file_info(table) if f.type == pafs.FileType.File and f.mtime]
+            if folder.type == pafs.FileType.Directory and written:
+                newest[storage.join(root, folder.base_name)] = max(written)
+    if not newest:
+        raise FileNotFoundError(f"no experiment under {storage.absolute(root)}: run `python -m raygap.tune` first, "
                                 "or name the experiment folder")
-    return max(found, key=lambda f: os.path.getmtime(os.path.join(f, "trials")))
+    return max(newest, key=newest.get)
+
+
+def how_to_open(experiment_dir: str, optuna_storage: str = "") -> list[str]:
+    """Commands that open the experiment's study and tables elsewhere (for a bucket too: pandas and DuckDB
+    read it through pyarrow's filesystems, with no fsspec or DuckDB extension to install)."""
+    return [f"{study.dashboard_command(optuna_storage, experiment_dir)}",
+            f"python -c \"import pandas as pd; print(pd.read_parquet('{experiment_dir}/trials'))\"",
+            f"python -c \"import duckdb, pyarrow.dataset as ds; epochs = ds.dataset('{experiment_dir}/epochs'); "
+            f"print(duckdb.sql('SELECT trial_id, max(robust_acc) FROM epochs GROUP BY trial_id'))\""]
 
 
 def load(experiment_dir: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -183,20 +199,20 @@ def plot_hyperparameters(trials: pd.DataFrame, params: list | None = None):
 def importances(experiment_dir: str, storage_url: str | None = None) -> pd.Series:
     """Optuna's importance of each hyperparameter (its default evaluator) for the study's first objective.
 
-    Read from the study the search saved (`<experiment>/optuna.db` by default). Empty when the study
-    has too few finished trials or no hyperparameter common to all of them.
+    Read from the study the search saved (raygap.study: the journal in the experiment folder by default).
+    Empty when the study has too few finished trials or no hyperparameter common to all of them.
     """
     import optuna
 
     name = experiment_dir.rstrip("/").rsplit("/", 1)[-1]
-    study = optuna.load_study(study_name=name, storage=storage_url or results.optuna_url(experiment_dir))
-    target = (lambda t: t.values[0]) if len(study.directions) > 1 else None
-    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    optuna_study = optuna.load_study(study_name=name, storage=study.open_storage(storage_url or "", experiment_dir))
+    target = (lambda t: t.values[0]) if len(optuna_study.directions) > 1 else None
+    done = optuna_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     # importances need every completed trial to share at least one hyperparameter that varies
     if len(done) < 2 or not any(len({str(t.params.get(p)) for t in done}) > 1
                                 for p in set.intersection(*(set(t.params) for t in done))):
         return pd.Series(dtype=float, name="importance")
-    found = optuna.importance.get_param_importances(study, target=target)
+    found = optuna.importance.get_param_importances(optuna_study, target=target)
     return pd.Series(found, name="importance").sort_values()
 
 

@@ -41,6 +41,7 @@ Mode = choice("Mode", "max min")
 Scheduler = choice("Scheduler", "asha pareto_asha fifo")
 Algorithm = choice("Algorithm", "auto tpe nsga2 random grid")
 Init = choice("Init", "auto pretrained scratch")
+Tracker = choice("Tracker", "mlflow")
 
 
 @dataclass
@@ -171,8 +172,10 @@ class TuneConfig:
     seed: int = 0
     trial_resources: Dict[str, float] = field(default_factory=lambda: {"CPU": 0.1})  # each trial's driver
     max_failures: int = 0  # retries of a trial whose run raised, before it is recorded as failed
-    optuna_storage: str = ""  # an Optuna RDB URL; empty: sqlite file optuna.db in the experiment folder
+    optuna_storage: str = ""  # an Optuna RDB URL; empty: the journal optuna.journal in the experiment folder (raygap.study)
     warm_start: str = ""  # an earlier experiment (name under storage, or its folder): its completed trials inform the searcher
+    trackers: List[Tracker] = field(default_factory=list)  # [mlflow]: each trial an MLflow run too (raygap.trackers)
+    mlflow_uri: str = ""  # MLflow's tracking URI; empty: MLflow's own (MLFLOW_TRACKING_URI, else ./mlflow.db)
 
 
 @dataclass

@@ -9,9 +9,10 @@ from pathlib import Path
 
 from ray.tune import Callback
 
-from raygap import results, storage
+from raygap import results, storage, study
 from raygap.config import as_dict, trial_config
 from raygap.errors import StorageError
+from raygap.ray_compat import trial_error_file
 
 
 class Recorder(Callback):
@@ -62,6 +63,12 @@ class Recorder(Callback):
         path = storage.join(self.experiment_dir, "epochs", f"{trial_id}.parquet")
         return results.read_part(path).to_dict("records") if storage.exists(path) else []
 
+    def get_state(self):
+        # Tune asks for this right after it saved the searcher's state, before it uploads both: the
+        # study's copy in an object store is then never older than the searcher a resumed driver restores.
+        study.push(self.experiment_dir)
+        return None  # nothing of the Recorder's own to save: it rebuilds from the trials table
+
     def on_step_end(self, iteration, trials, **info):
         self.live_now.update(t.trial_id for t in trials if t.status in ("PENDING", "RUNNING", "PAUSED"))
 
@@ -78,6 +85,7 @@ class Recorder(Callback):
         row.update({"status": "completed" if done else "stopped_early", "ended_at": time.time(),
                     "model_path": storage.join(self.experiment_dir, "runs", trial.trial_id, "model.pt") if done else None})
         self._save(trial.trial_id)
+        study.push(self.experiment_dir)
         self._progress(trial.trial_id)
 
     def on_trial_error(self, trial, **info):
@@ -88,6 +96,7 @@ class Recorder(Callback):
         row.update({"status": "failed", "ended_at": time.time(), "error": _error_line(error),
                     "retries": trial.num_failures - 1})
         self._save(trial.trial_id)
+        study.push(self.experiment_dir)
         self._progress(trial.trial_id)
         if isinstance(error, StorageError):
             raise error  # every later trial would fail the same way: stop the search with this one line
@@ -149,9 +158,10 @@ def _trial_error(trial):
     """
     import cloudpickle
 
-    if not (trial.pickled_error_file and Path(trial.pickled_error_file).is_file()):
+    path = trial_error_file(trial)
+    if not (path and Path(path).is_file()):
         return None
-    with open(trial.pickled_error_file, "rb") as fh:
+    with open(path, "rb") as fh:
         error = cloudpickle.load(fh)
     from raygap.runner import worker_error
 

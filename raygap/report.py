@@ -1,17 +1,106 @@
 """The analysis without Jupyter: `python -m raygap.report [name=EXPERIMENT] [storage=...]`.
 
-Writes the figures of notebooks/analyze_trials.ipynb as PNG files and an HTML summary (counts, cost,
-leaderboard, Pareto front, figures) to `${storage}/${name}/report/`. Without `name`, the experiment
-under `storage` that changed last.
+Writes the figures of notebooks/analyze_trials.ipynb as PNG files and a page to send to a colleague
+(a one-line summary, the leaderboard and the Pareto front in percent, each figure with what to read
+from it, and the commands that open the study and the tables) to `${storage}/${name}/report/`.
+Without `name`, the experiment under `storage` that changed last.
 """
 
 from __future__ import annotations
 
 import html
 import io
+import json
+
+import pandas as pd
 
 from raygap import analysis, storage
 from raygap.errors import UserError
+
+# Each figure's heading and what to read from it, in the page's order.
+FIGURES = {
+    "pareto": ("Clean against robust accuracy",
+               "Validation accuracy at each trial's last epoch. The ringed trials, joined by the dashed line, are the "
+               "Pareto front: none is beaten on both accuracies. Finalists are starred, with their test accuracy "
+               "under the strongest final attack beside them."),
+    "learning_curves": ("Learning curves",
+                        "Robust validation accuracy per epoch. A curve that ends early in a triangle was stopped by "
+                        "the scheduler, one that ends in an x failed; curves that fall late show robust overfitting."),
+    "hyperparameters": ("Accuracy against each searched hyperparameter",
+                        "Robust (top) and clean (bottom) accuracy against each searched value: where the good "
+                        "trials lie, and whether the space's bounds cut them off."),
+    "importances": ("Hyperparameter importance",
+                    "Optuna's estimate of how much of the variation in the first objective each hyperparameter "
+                    "explains; with few trials, a rough guide."),
+    "cost": ("Accuracy against cost",
+             "Each trial's accuracy against the compute it used: trials stopped early sit on the left."),
+}
+
+STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1180px; margin: 1.5em auto; padding: 0 1em; color: #222; }
+h1 { font-size: 1.5em; margin-bottom: 0.2em; } h2 { font-size: 1.15em; margin-top: 1.6em; }
+.summary { font-size: 1.05em; } .path { color: #666; font-size: 0.85em; word-break: break-all; }
+.scroll { overflow-x: auto; } table { border-collapse: collapse; font-size: 0.85em; }
+th, td { padding: 0.25em 0.5em; border-bottom: 1px solid #ddd; text-align: right; white-space: nowrap; }
+th { background: #f3f3f3; white-space: normal; vertical-align: bottom; }
+td:first-child, th:first-child { text-align: left; }
+figure { margin: 1em 0; } img { max-width: 100%; } figcaption { color: #444; font-size: 0.9em; max-width: 60em; }
+pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
+"""
+
+
+def _percent(column: str) -> bool:
+    return column.endswith("_acc")
+
+
+def _header(column: str) -> str:
+    """A readable column heading: accuracies in percent, test columns named by their attack."""
+    names = {"trial_id": "trial", "clean_acc": "clean %", "robust_acc": "robust %", "cpu_seconds": "CPU s",
+             "gpu_seconds": "GPU s", "test_robust_acc": "test worst case %"}
+    if column in names:
+        return names[column]
+    if column.startswith("test_") and _percent(column):
+        return f"test {column[len('test_'):-len('_acc')].replace('_', '-')} %"
+    return column.split(".", 1)[-1].replace("_", " ") if column.startswith(("method.", "attack.", "train.")) else column
+
+
+def _table(frame: pd.DataFrame) -> str:
+    """A table people read: percentages to one decimal, empty cells where nothing was measured, columns
+    that hold nothing (no value, or no GPU-second) left out."""
+    unmeasured = [c for c in frame.columns
+                  if frame[c].isna().all() or (c.endswith("_seconds") and frame[c].fillna(0).eq(0).all())]
+    frame = frame.drop(columns=unmeasured)
+    shown = pd.DataFrame({_header(c): frame[c].map(lambda v, c=c: _cell(c, v)) for c in frame.columns})
+    return f"<div class='scroll'>{shown.to_html(index=False, border=0, escape=True)}</div>"
+
+
+def _cell(column: str, value) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    if _percent(column):
+        return f"{100 * value:.1f}"
+    if column.endswith("_seconds"):
+        return f"{value:,.0f}"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value).replace("_", " ") if column == "status" else str(value)
+
+
+def _summary(trials: pd.DataFrame) -> str:
+    config = json.loads(trials.config.dropna().iloc[0])
+    counts = ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in trials.status.value_counts().items())
+    best = trials.dropna(subset=["robust_acc"]).sort_values("robust_acc", ascending=False).head(1)
+    gpu, cpu = trials.gpu_seconds.sum(), trials.cpu_seconds.sum()
+    seconds, unit = (gpu, "GPU") if gpu > 0 else (cpu, "CPU")
+    cost = f"{seconds / 3600:.1f} {unit}-hours" if seconds >= 3600 else f"{seconds:.0f} {unit}-seconds"
+    line = (f"{len(trials)} trials of {config['method']['name']} on {config['data']['name']} with "
+            f"{config['model']['name']}, {config['train']['epochs']} epochs each ({counts}); searched "
+            f"{', '.join(analysis.searched(trials)) or 'nothing'}; {cost}.")
+    if not best.empty:
+        row = best.iloc[0]
+        line += (f" Best robust validation accuracy {100 * row.robust_acc:.1f}% (clean {100 * row.clean_acc:.1f}%), "
+                 f"trial {row.trial_id}.")
+    return html.escape(line)
 
 
 def run(cfg) -> str:
@@ -23,30 +112,32 @@ def run(cfg) -> str:
     try:
         experiment_dir = storage.join(cfg.storage, cfg.name) if cfg.name else analysis.latest_experiment(cfg.storage)
         trials, epochs = analysis.load(experiment_dir)
-    except FileNotFoundError as err:
-        raise UserError(f"{err} (check name= and storage=)") from None
+    except OSError as err:  # not found, or a storage that cannot be reached (pyarrow's errors are OSErrors)
+        raise UserError(f"{' '.join(str(err).split())} (check name= and storage=)") from None
     out = storage.join(experiment_dir, "report")
-    images = []
-    for name, figure in analysis.figures(experiment_dir, trials, epochs).items():
+    name = experiment_dir.rstrip("/").rsplit("/", 1)[-1]
+    page = [f"<!doctype html><html><head><meta charset='utf-8'><title>raygap search {html.escape(name)}</title>",
+            f"<style>{STYLE}</style></head><body>", f"<h1>raygap search {html.escape(name)}</h1>",
+            f"<p class='summary'>{_summary(trials)}</p>", f"<p class='path'>{html.escape(experiment_dir)}</p>",
+            "<p>Accuracies in percent: clean and robust on the validation split at each trial's last epoch; test "
+            "columns on the test split, for the finalists only (each final attack, and the worst case, per example, "
+            "over all of them). Empty cells were not measured.</p>"]
+    board = analysis.leaderboard(trials)
+    page += ["<h2>Leaderboard</h2>", _table(board.head(20)),
+             "<h2>Pareto front of clean and robust accuracy</h2>", _table(analysis.pareto_front(trials)[board.columns])]
+    for key, figure in analysis.figures(experiment_dir, trials, epochs).items():
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", dpi=110)
         plt.close(figure)
-        storage.write_bytes(storage.join(out, f"{name}.png"), buffer.getvalue())
-        images.append(name)
-        print(f"[report] {name}.png", flush=True)
-
-    counts = ", ".join(f"{n} {s}" for s, n in trials.status.value_counts().items())
-    board = analysis.leaderboard(trials)
-    table = {"float_format": "{:.4g}".format, "index": False, "border": 0}
-    page = [f"<html><head><meta charset='utf-8'><title>raygap: {html.escape(experiment_dir)}</title></head><body>",
-            f"<h1>{html.escape(experiment_dir)}</h1>",
-            f"<p>{len(trials)} trials ({counts}); cost {trials.cpu_seconds.sum():.0f} CPU-seconds, "
-            f"{trials.gpu_seconds.sum():.0f} GPU-seconds. Validation accuracy at the last epoch; test_* columns "
-            f"on the test split (finalists only): each final attack's accuracy, and test_robust_acc, the per-example "
-            f"worst case over all of them.</p>",
-            "<h2>Leaderboard</h2>", board.head(20).to_html(**table),
-            "<h2>Pareto front of clean vs robust accuracy</h2>", analysis.pareto_front(trials)[board.columns].to_html(**table),
-            *(f"<h2>{name.replace('_', ' ')}</h2><img src='{name}.png'>" for name in images), "</body></html>"]
+        storage.write_bytes(storage.join(out, f"{key}.png"), buffer.getvalue())
+        print(f"[report] {key}.png", flush=True)
+        heading, caption = FIGURES[key]
+        page.append(f"<h2>{heading}</h2><figure><img src='{key}.png' alt='{html.escape(heading)}'>"
+                    f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    page += ["<h2>Open the search elsewhere</h2><p>The Optuna study in optuna-dashboard (<code>pip install -e "
+             "\".[dashboard]\"</code>), then the tables in pandas and DuckDB:</p>",
+             f"<pre>{html.escape(chr(10).join(analysis.how_to_open(experiment_dir, cfg.tune.optuna_storage)))}</pre>",
+             "</body></html>"]
     storage.write_bytes(storage.join(out, "index.html"), "\n".join(page).encode())
     return storage.join(out, "index.html")
 

@@ -169,13 +169,3 @@ def read_table(experiment_dir: str, table: str):
     fs, where = storage.filesystem(folder)
     # pyarrow skips the hidden temporary files of writes in flight (names starting with '.')
     return pq.read_table(where, filesystem=fs).to_pandas()
-
-
-def optuna_url(experiment_dir: str) -> str:
-    """Where the search keeps its Optuna study by default: SQLite needs a local file, so beside the
-    tables on local storage, else in ./raygap_results/<name>/ on the driver's machine."""
-    import os
-
-    folder = experiment_dir if not storage.is_uri(experiment_dir) else storage.join(
-        "raygap_results", experiment_dir.rstrip("/").rsplit("/", 1)[-1])
-    return f"sqlite:///{os.path.abspath(folder)}/optuna.db"

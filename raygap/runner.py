@@ -80,9 +80,9 @@ def check_resources(need: dict, per_worker: dict) -> None:
         _refuse(per_worker, have, "this machine")
         return
     connect()
-    from ray._private import state  # Ray Train makes the same check with the same private helper
+    from raygap.ray_compat import max_cluster_resources
 
-    maximum = state.state.get_max_resources_from_cluster_config()
+    maximum = max_cluster_resources()
     if maximum:
         _refuse(need, {k: float(v) for k, v in maximum.items()}, "the cluster, even fully scaled up,")
     # Without published node types the cluster may still grow, so nothing is refused: Ray waits.
@@ -241,6 +241,17 @@ def worker_error(err):
     for failure in getattr(err, "worker_failures", {}).values():
         return getattr(failure, "cause", failure)
     return err
+
+
+def free_memory() -> None:
+    """Give back what finished runs left in this process: objects that reference cycles keep alive, then
+    the CUDA blocks PyTorch's caching allocator still holds. Tune's reuse_actors keeps a trial's process
+    for the next trial (ray #30414), which would otherwise allocate on top of the previous trial's memory."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 # --- the natural model, cached --------------------------------------------------------------------

@@ -5,10 +5,11 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 from dataclasses import dataclass
 
-from raygap import results, storage
+from ray.tune.search.optuna import OptunaSearch
+
+from raygap import ray_compat, results, storage, study
 from raygap.config import as_dict
 from raygap.errors import UserError
 
@@ -55,33 +56,39 @@ def sampler(cfg):
                                                         seed=t.seed)}[algorithm(cfg)]()
 
 
-def optuna_url(cfg, experiment_dir: str) -> str:
-    if cfg.tune.optuna_storage:
-        return cfg.tune.optuna_storage
-    url = results.optuna_url(experiment_dir)
-    os.makedirs(os.path.dirname(url[len("sqlite:///"):]), exist_ok=True)
-    return url
-
-
 def searcher(cfg, experiment: str, experiment_dir: str, warm: WarmStart | None = None):
-    """Tune's searcher: Optuna's, on a study kept in an RDB storage (SQLite by default), at most
-    tune.max_concurrent trials at a time; the study is told the warm start's trials first."""
+    """Tune's searcher: Optuna's, on the experiment's study (raygap.study), at most tune.max_concurrent
+    trials at a time; the study is told the warm start's trials first."""
     import optuna
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
     objectives = list(cfg.tune.objectives)
-    url = optuna_url(cfg, experiment_dir)
     metric = [o.metric for o in objectives] if len(objectives) > 1 else objectives[0].metric
     mode = [str(o.mode) for o in objectives] if len(objectives) > 1 else str(objectives[0].mode)
-    study_storage = optuna.storages.RDBStorage(url)
+    study_storage = study.open_storage(cfg.tune.optuna_storage, experiment_dir)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line for the study's creation
     if warm:
         warm.tell(optuna.create_study(study_name=experiment, storage=study_storage, load_if_exists=True,
                                       directions=[f"{o.mode}imize" for o in objectives]))
-    search = OptunaSearch(space=functools.partial(suggest, space=as_dict(cfg.tune.space)), metric=metric, mode=mode,
+    search = ResumableOptunaSearch(space=functools.partial(suggest, space=as_dict(cfg.tune.space)), metric=metric, mode=mode,
                           sampler=sampler(cfg), study_name=experiment, storage=study_storage)
-    return ConcurrencyLimiter(search, max_concurrent=cfg.tune.max_concurrent), url
+    return ConcurrencyLimiter(search, max_concurrent=cfg.tune.max_concurrent)
+
+
+class ResumableOptunaSearch(OptunaSearch):
+    """Ray's OptunaSearch, for a study that is ahead of the searcher state a resumed search restores.
+
+    Tune saves its searcher now and then, the study is written at once. When a driver is killed in
+    between, the resumed search runs again a trial whose end the study holds already; its last epoch is
+    reported again, Ray's OptunaSearch reports it to Optuna, and Optuna's refusal
+    (UpdateFinishedTrialError) ends the search. Results of a trial the study has finished are dropped.
+    """
+
+    def on_trial_result(self, trial_id: str, result: dict):
+        optuna_study, number = ray_compat.optuna_trial(self, trial_id)
+        if number is not None and optuna_study.get_trials(deepcopy=False)[number].state.is_finished():
+            return
+        super().on_trial_result(trial_id, result)
 
 
 def warm_start_dir(cfg) -> str:
@@ -102,11 +109,11 @@ class WarmStart:
     trials: list
     completed: int  # how many trials the earlier experiment completed
 
-    def tell(self, study) -> None:
+    def tell(self, optuna_study) -> None:
         """Add the trials to the study, once (a resumed search's study has them already)."""
-        if any("warm_start" in t.user_attrs for t in study.get_trials(deepcopy=False)):
+        if any("warm_start" in t.user_attrs for t in optuna_study.get_trials(deepcopy=False)):
             return
-        study.add_trials(self.trials)
+        optuna_study.add_trials(self.trials)
         print(f"warm start: {len(self.trials)} of the {self.completed} completed trials of {self.source} told to "
               f"the searcher (not retrained)", flush=True)
 

@@ -55,6 +55,22 @@ def write_bytes(path: str, data: bytes) -> None:
                            "another with storage=...) and run the same command again to resume") from None
 
 
+def check_writable(path: str) -> None:
+    """Refuse, with one line, a storage that cannot be reached or written: before any work starts."""
+    fs, where = filesystem(path)
+    probe = f"{where}/.raygap-probe-{uuid.uuid4().hex}"
+    try:
+        fs.create_dir(where, recursive=True)
+        with fs.open_output_stream(probe):
+            pass
+        fs.delete_file(probe)
+    except OSError as err:
+        reason = " ".join(str(err.strerror or err).split())
+        raise StorageError(f"storage {path} cannot be written: {reason}; check that it exists and that you may write "
+                           "there (for a bucket: its name, the credentials and, for a non-AWS endpoint, "
+                           "AWS_ENDPOINT_URL), or choose another with storage=...") from None
+
+
 def read_bytes(path: str) -> bytes:
     fs, where = filesystem(path)
     with fs.open_input_stream(where) as stream:
@@ -73,3 +89,12 @@ def listdir(path: str) -> list[str]:
         return []
     infos = fs.get_file_info(pafs.FileSelector(where))
     return sorted(i.base_name for i in infos if i.type == pafs.FileType.File)
+
+
+def remove(path: str) -> None:
+    """Delete a file; nothing if it is not there."""
+    fs, where = filesystem(path)
+    try:
+        fs.delete_file(where)
+    except FileNotFoundError:
+        pass

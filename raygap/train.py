@@ -21,6 +21,7 @@ def run_name(cfg) -> str:
 
 
 def run(cfg) -> dict:
+    storage.check_writable(cfg.storage)
     run_dir = storage.join(cfg.storage, run_name(cfg))
     model_path = storage.join(run_dir, "model.pt")
     if storage.exists(model_path):

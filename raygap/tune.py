@@ -3,10 +3,10 @@
 Ray Tune runs trials suggested by Optuna (seeded TPE; NSGA-II for several objectives), stops poor ones
 early with ASHA on the per-epoch robust validation accuracy, and trains each trial from the cached
 natural model, as a Ray Train run of train.workers workers or, with train.workers=0, in the trial's own
-process. Every epoch and every trial goes to Parquet as results arrive, the Optuna study to SQLite,
-and the best trials are evaluated with strong attacks on the test split at the end. Running the same
-command again resumes an interrupted search, or prints the summary of a finished one without training
-anything.
+process. Every epoch and every trial goes to Parquet as results arrive, the Optuna study to its
+journal (raygap.study), and the best trials are evaluated with strong attacks on the test split at the
+end. Running the same command again resumes an interrupted search, or prints the summary of a finished
+one without training anything; one driver at a time runs an experiment (raygap.lock).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import logging
 import os
 import sys
 import time
@@ -22,9 +21,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from raygap import results, searcher, storage
+from raygap import ray_compat, results, searcher, storage, study, trackers
 from raygap.config import as_dict, digest, trial_config
 from raygap.errors import StorageError, UserError
+from raygap.lock import DriverLock
 from raygap.recorder import Recorder
 from raygap.searcher import suggest  # noqa: F401  (searches begun before 2026-11-24 pickled raygap.tune.suggest)
 
@@ -46,6 +46,7 @@ def run_trial(config: dict) -> None:
     from raygap.loop import Job
     from raygap.methods import from_scratch
 
+    runner.free_memory()  # a reused process: the previous trial's memory back before this one allocates
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = trial_config(config["base"], {k: v for k, v in config.items() if k != "base"})
     experiment_dir = storage.join(cfg.storage, config["experiment"])
@@ -54,7 +55,7 @@ def run_trial(config: dict) -> None:
     context = None  # a Ray Train run of train.workers workers
     if cfg.train.workers == 0:  # this process trains: no Train controller and workers to start, seconds a trial
         context = runner.TuneTrialContext(run_dir, cfg.train.cpus_per_worker, cfg.train.gpus_per_worker)
-    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # not a line per checkpoint
+    ray_compat.quiet_checkpoint_lines()
     started = time.time()
     job = Job(as_dict(cfg), cfg.method.name, "train", start, run_dir, label=trial_id, experiment_dir=experiment_dir,
               trial_id=trial_id)
@@ -79,25 +80,38 @@ def _trial_name(trial) -> str:
 
 
 def run(cfg, search: str = DEFAULT_SEARCH) -> dict:
-    """Run (or resume, or summarise) the search of `cfg`; returns the summary."""
-    import ray.tune  # importing Ray starts nothing: bad input below is still refused before any Ray process
-    from ray.tune import FailureConfig, RunConfig, TuneConfig, Tuner
+    """Run (or resume, or summarise) the search of `cfg`; returns the summary. Bad input is refused
+    before any Ray process starts."""
+    from ray.tune import Tuner  # importing Ray starts nothing
 
-    from raygap import runner, stopping
-    from raygap.methods import from_scratch
+    from raygap import runner
 
     if not cfg.tune.space:
         raise UserError(f"search space '{search}' has no tune.space; choose a search space with search=<name>")
     experiment = experiment_name(cfg, search)
     experiment_dir = storage.join(cfg.storage, experiment)
+    storage.check_writable(cfg.storage)
     own = trial_process_resources(cfg)
     # A Train run's workers come on top of the trial's process; a trial that trains itself is one process on one node
     total, per_node = runner.resources(cfg.train) if cfg.train.workers else ({}, own)
     runner.check_resources({k: own.get(k, 0) + total.get(k, 0) for k in own.keys() | total.keys()}, per_node)
     for table in ("trials", "epochs"):
         results.check_readable(experiment_dir, table)
+    trackers.check(cfg, experiment)
     resuming = Tuner.can_restore(experiment_dir)
-    warm = searcher.warm_start(cfg) if cfg.tune.warm_start and not resuming else None  # refused before Ray starts
+    warm = searcher.warm_start(cfg) if cfg.tune.warm_start and not resuming else None
+    with DriverLock(experiment_dir):  # refuses a second driver before it touches Tune's state or the study
+        return _search(cfg, search, experiment, experiment_dir, own, resuming, warm)
+
+
+def _search(cfg, search: str, experiment: str, experiment_dir: str, own: dict, resuming: bool,
+            warm: searcher.WarmStart | None) -> dict:
+    import ray.tune
+    from ray.tune import FailureConfig, RunConfig, TuneConfig, Tuner
+
+    from raygap import runner, stopping
+    from raygap.methods import from_scratch
+
     runner.connect()
     print(f"search '{search}': {cfg.tune.num_samples} trials of {cfg.method.name} on {cfg.data.name} with "
           f"{cfg.model.name}, {cfg.train.epochs} epochs each, in {experiment_dir}", flush=True)
@@ -107,10 +121,10 @@ def run(cfg, search: str = DEFAULT_SEARCH) -> dict:
     trainable = ray.tune.with_resources(run_trial, own)
     if resuming:
         print(f"resuming the search in {experiment_dir}", flush=True)
+        study.fetch(experiment_dir)  # Tune's saved searcher reopens the study's journal from this machine's copy
         tuner = Tuner.restore(experiment_dir, trainable=trainable, resume_errored=False)
     else:
-        search_alg, url = searcher.searcher(cfg, experiment, experiment_dir, warm)
-        print(f"Optuna study '{experiment}' in {url}", flush=True)
+        search_alg = searcher.searcher(cfg, experiment, experiment_dir, warm)
         # Trials that train in their own process reuse it: the next trial skips a process start and the
         # imports (seconds on small CPUs); everything a trial trains with is built afresh in train_loop.
         tuner = Tuner(trainable, param_space={"base": as_dict(cfg), "experiment": experiment},
@@ -119,8 +133,11 @@ def run(cfg, search: str = DEFAULT_SEARCH) -> dict:
                                              num_samples=cfg.tune.num_samples, trial_name_creator=_trial_name,
                                              trial_dirname_creator=_trial_name),
                       run_config=RunConfig(name=experiment, storage_path=cfg.storage, verbose=0,
-                                           callbacks=[Recorder(cfg, experiment)],
+                                           callbacks=[Recorder(cfg, experiment),
+                                                      *trackers.callbacks(cfg, experiment)],
                                            failure_config=FailureConfig(max_failures=cfg.tune.max_failures)))
+    print(f"Optuna study '{experiment}': {study.dashboard_command(cfg.tune.optuna_storage, experiment_dir)}",
+          flush=True)
     try:
         tuner.fit()
     except Exception as err:  # Tune wraps what a callback raised: find the storage error, if that was it
@@ -134,7 +151,9 @@ def run(cfg, search: str = DEFAULT_SEARCH) -> dict:
     if len(frame) < cfg.tune.num_samples or (frame.status == "running").any():
         raise KeyboardInterrupt
     _close_orphans(cfg, experiment, experiment_dir)
+    study.push(experiment_dir)
     finalists(cfg, experiment_dir)
+    trackers.log_finalists(cfg, experiment, results.read_table(experiment_dir, "trials"))
     ray.shutdown()  # flushes the workers' last log lines now, before the summary and the last line
     return summary(cfg, experiment_dir)
 
@@ -142,14 +161,15 @@ def run(cfg, search: str = DEFAULT_SEARCH) -> dict:
 def _close_orphans(cfg, experiment: str, experiment_dir: str) -> None:
     """Mark as failed the Optuna trials that a killed driver had asked for but never ran.
 
-    The searcher's state is saved now and then, the SQLite study at once: after a resume the study can
+    The searcher's state is saved now and then, the study at once: after a resume the study can
     hold a trial that the restored searcher never heard of. Once the search is over, nothing is running.
     """
     import optuna
 
-    study = optuna.load_study(study_name=experiment, storage=searcher.optuna_url(cfg, experiment_dir))
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+    optuna_study = optuna.load_study(study_name=experiment, storage=study.open_storage(cfg.tune.optuna_storage,
+                                                                                      experiment_dir))
+    for trial in optuna_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        optuna_study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
 
 
 def finalists(cfg, experiment_dir: str) -> None:
@@ -198,7 +218,7 @@ def summary(cfg, experiment_dir: str) -> dict:
     """Print the leaderboard, the Pareto front and where the tables are; return them."""
     import pandas as pd
 
-    from raygap.analysis import leaderboard, pareto_front
+    from raygap.analysis import how_to_open, leaderboard, pareto_front
 
     frame = results.read_table(experiment_dir, "trials")
     if frame.empty:
@@ -214,8 +234,8 @@ def summary(cfg, experiment_dir: str) -> dict:
     counts = frame.status.value_counts().to_dict()
     print(f"\ntrials: {len(frame)} ({', '.join(f'{n} {s}' for s, n in counts.items())}); "
           f"cost {frame.cpu_seconds.sum():.0f} CPU-seconds, {frame.gpu_seconds.sum():.0f} GPU-seconds")
-    print(f"tables: {experiment_dir}/epochs and {experiment_dir}/trials (Parquet); open them with\n"
-          f"  python -c \"import pandas as pd; print(pd.read_parquet('{experiment_dir}/trials'))\"")
+    print(f"tables: {experiment_dir}/epochs and {experiment_dir}/trials (Parquet); the study, then the tables:")
+    print("\n".join(f"  {command}" for command in how_to_open(experiment_dir, cfg.tune.optuna_storage)))
     return {"experiment_dir": experiment_dir, "leaderboard": board, "front": front}
 
 

@@ -1,7 +1,9 @@
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -28,7 +30,7 @@ def cifar_tree(tmp_path):
 
 # Modules whose tests start Ray (a cluster, a search) or run commands end to end.
 SLOW_MODULES = {"test_analysis", "test_cluster", "test_ray_train", "test_reliability", "test_resume", "test_tune",
-                "test_protocols"}
+                "test_protocols", "test_object_storage"}
 
 
 def pytest_collection_modifyitems(items):
@@ -46,6 +48,25 @@ def natural_digits(tmp_path_factory):
     cfg = load(storage=storage)
     result = runner.natural_model(cfg)
     return cfg, result["checkpoint"]
+
+
+def free_port() -> int:
+    """A TCP port on localhost that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert process.poll() is None, f"{what} exited with status {process.returncode}"
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"{what} did not listen on port {port}")
 
 
 def run_cli(module, *args, cwd=None):
@@ -67,6 +88,22 @@ def tune_cli(tmp_path, path, *args, **popen):
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
 
 
+def start_search_until_a_trial_completes(tmp_path, path, args, experiment):
+    """Start `raygap.tune` in its own process group and wait until one trial has completed and another
+    runs (the moment to kill its driver); returns (the process, the trials table then)."""
+    from raygap import results
+
+    search = tune_cli(tmp_path, path, *args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        trials = results.read_table(experiment, "trials")
+        if not trials.empty and (trials.status == "completed").sum() >= 1 and (trials.status == "running").any():
+            return search, trials
+        assert search.poll() is None, search.stdout.read()[-3000:]
+        time.sleep(1)
+    raise AssertionError("the search never got one trial completed")
+
+
 # The default AFD search plus two learning rates: 1e4 diverges (a failed trial, with its reason).
 LR_SPACE = """
 defaults: [afd, _self_]
@@ -78,7 +115,8 @@ tune:
 
 @pytest.fixture(scope="session")
 def small_search(tmp_path_factory, natural_digits):
-    """A real small search, shared: AFD on digits, 4 random trials of 2 epochs, one of them diverging.
+    """A real small search, shared: AFD on digits, 4 random trials of 2 epochs, one of them diverging,
+    each trial an MLflow run too (in `<tmp>/mlflow.db`).
 
     Its storage is `<tmp>/raygap_results`, so tools that default to the newest experiment there find it.
     Returns (experiment folder, the finished process, the arguments that re-run it).
@@ -87,7 +125,8 @@ def small_search(tmp_path_factory, natural_digits):
     space = storage.parent / "with_lr.yaml"
     space.write_text(LR_SPACE)
     # seed 3 draws one diverging and three training learning rates
-    args = [f"search={space}", "name=small", "tune.num_samples=4", "tune.algorithm=random", "tune.seed=3"]
+    args = [f"search={space}", "name=small", "tune.num_samples=4", "tune.algorithm=random", "tune.seed=3",
+            "tune.trackers=[mlflow]", f"tune.mlflow_uri=sqlite:///{storage.parent}/mlflow.db"]
     proc = tune_cli(storage, natural_digits[1], *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return storage / "small", proc, args

@@ -121,3 +121,24 @@ def test_a_corrupt_parquet_file_in_the_experiment_is_named_before_ray_starts(tmp
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"{bad} is not a readable Parquet file" in proc.stderr and "move it away" in proc.stderr
     assert sorted(p.name for p in (tmp_path / "corrupt").rglob("*")) == ["abc.parquet", "trials"]
+
+
+def test_a_reused_trial_process_keeps_nothing_of_the_previous_run(tmp_path, natural_digits):
+    """Tune's reuse_actors keeps a trial's process for the next trial (ray #30414). After a run in this
+    process and runner.free_memory, which run_trial calls first, no module of the run is alive, so on a
+    GPU torch.cuda.empty_cache gives its memory back (no GPU here: that last step is not run on this machine)."""
+    import gc
+
+    import torch
+
+    from raygap import config, runner, train
+
+    def modules():
+        return sum(isinstance(o, torch.nn.Module) for o in gc.get_objects())
+
+    before = modules()
+    cfg = config.load([f"storage={tmp_path}", f"pretrained={natural_digits[1]}", "train.epochs=1", "train.workers=0",
+                       "eval.val_n=50"])
+    train.run(cfg)
+    runner.free_memory()
+    assert modules() == before

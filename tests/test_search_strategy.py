@@ -1,5 +1,6 @@
 """How the search spends its compute: Pareto-aware early stopping, warm starts, grids (Optuna itself, no Ray)."""
 
+import functools
 import json
 import math
 
@@ -142,3 +143,26 @@ def test_bad_search_strategies_are_refused(tmp_path, space, overrides, message):
     with pytest.raises(UserError) as refused:
         config.load([f"storage={tmp_path}", *overrides], name)
     assert message in str(refused.value)
+
+
+def test_a_resumed_searcher_drops_results_of_a_trial_the_study_has_finished(tmp_path):
+    """The study is written at once, the searcher state only now and then: after a killed driver, Tune
+    runs again a trial whose end the study holds, and its last epoch is reported again."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    cfg = afd(storage=tmp_path)
+    for kind in (OptunaSearch, searcher.ResumableOptunaSearch):
+        search = kind(space=functools.partial(searcher.suggest, space={"x": {"type": "uniform", "low": 0, "high": 1}}),
+                      metric="robust_acc", mode="max",
+                      study_name=kind.__name__, storage=optuna.storages.InMemoryStorage(),
+                      sampler=searcher.sampler(cfg))
+        search.suggest("t1")
+        study, number = searcher.ray_compat.optuna_trial(search, "t1")
+        study.tell(number, 0.5)  # the study has the trial's end; the restored searcher does not
+        result = {"robust_acc": 0.5, "training_iteration": 2}
+        if kind is OptunaSearch:
+            with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+                search.on_trial_result("t1", result)
+        else:
+            search.on_trial_result("t1", result)
+            assert study.trials[number].intermediate_values == {}  # dropped, and the search goes on

@@ -2,17 +2,16 @@
 
 import os
 import signal
-import subprocess
-import time
 
 import optuna
 import pandas as pd
 import pytest
 
 from raygap import results
+from raygap.study import open_storage
 from raygap.analysis import pareto_front
 
-from conftest import tune_cli
+from conftest import start_search_until_a_trial_completes, tune_cli
 
 
 def check_tables(experiment_dir, train_epochs=2):
@@ -52,7 +51,7 @@ def test_small_search_writes_one_row_per_epoch_and_per_trial(small_search, natur
     assert len(finalist) == 1 and finalist.test_pgd20_acc.iloc[0] < finalist.test_clean_acc.iloc[0]
     # PGD-20 attacks only what the model classifies correctly: the worst case over clean and PGD-20 is PGD-20's
     assert finalist.test_robust_acc.iloc[0] == finalist.test_pgd20_acc.iloc[0]
-    study = optuna.load_study(study_name="small", storage=f"sqlite:///{tmp_path}/small/optuna.db")
+    study = optuna.load_study(study_name="small", storage=open_storage("", str(tmp_path / "small")))
     assert len(study.trials) == 4
     assert "leaderboard" in proc.stdout and "Pareto front" in proc.stdout
     assert proc.stdout.strip().splitlines()[-1] == str(tmp_path / "small")
@@ -66,17 +65,12 @@ def test_sigkill_of_the_driver_then_the_same_command_finishes_the_search(tmp_pat
     """On the multi-objective search (NSGA-II over clean and robust accuracy): its front is checked too."""
     _, path = natural_digits
     args = ["search=afd_pareto", "name=killed", "tune.num_samples=3", "tune.scheduler.name=fifo"]
-    first = tune_cli(tmp_path, path, *args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        trials = results.read_table(tmp_path / "killed", "trials")
-        if not trials.empty and (trials.status == "completed").sum() >= 1 and (trials.status == "running").any():
-            break
-        assert first.poll() is None, first.stdout.read()[-3000:]
-        time.sleep(1)
-    else:
-        raise AssertionError("the search never got one trial completed")
+    first, trials = start_search_until_a_trial_completes(tmp_path, path, args, tmp_path / "killed")
     done_before = trials[trials.status == "completed"].set_index("trial_id")
+    # the same command in a second terminal is refused with one line naming the running driver
+    beside = tune_cli(tmp_path, path, *args)
+    assert beside.returncode == 2 and "] epoch " not in beside.stdout
+    assert beside.stderr.count("\n") == 1 and f"another driver (pid {first.pid} on" in beside.stderr
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
 
@@ -92,7 +86,7 @@ def test_sigkill_of_the_driver_then_the_same_command_finishes_the_search(tmp_pat
     for trial_id in done_before.index:
         mine = epochs[epochs.trial_id == trial_id]
         assert (mine.finished_at <= done_before.loc[trial_id, "ended_at"]).all()
-    study = optuna.load_study(study_name="killed", storage=f"sqlite:///{tmp_path}/killed/optuna.db")
+    study = optuna.load_study(study_name="killed", storage=open_storage("", str(tmp_path / "killed")))
     states = [t.state for t in study.trials]
     assert states.count(optuna.trial.TrialState.COMPLETE) == 3
     assert optuna.trial.TrialState.RUNNING not in states  # one asked before the kill may be marked failed
@@ -140,7 +134,7 @@ def test_a_warm_started_pareto_search_is_told_the_earlier_trials_and_trains_only
     assert f"warm start: {completed} of the {completed} completed trials of {earlier_dir}" in proc.stdout
     trials, _ = check_tables(tmp_path / "warm")  # afd_pareto stops early with Pareto-aware ASHA
     assert len(trials) == 3 and len(os.listdir(tmp_path / "warm" / "runs")) == 3  # the earlier ones not retrained
-    study = optuna.load_study(study_name="warm", storage=f"sqlite:///{tmp_path}/warm/optuna.db")
+    study = optuna.load_study(study_name="warm", storage=open_storage("", str(tmp_path / "warm")))
     told = [t for t in study.trials if "warm_start" in t.user_attrs]
     assert len(told) == completed and len(study.trials) == completed + 3
     assert all(len(t.values) == 2 for t in told)  # robust and clean accuracy, the two objectives
@@ -190,3 +184,40 @@ def test_a_recorded_grid_replays_deterministically_and_an_oracle_reaches_its_bes
     with pytest.raises(SystemExit) as refused:
         replay.main([str(tmp_path / "nowhere")])
     assert refused.value.code == 2
+
+
+def test_each_trial_of_the_search_is_an_mlflow_run_read_back_with_mlflow_s_client(small_search):
+    from mlflow.tracking import MlflowClient
+
+    experiment_dir, _, args = small_search
+    trials, epochs = check_tables(experiment_dir)
+    client = MlflowClient(tracking_uri=f"sqlite:///{experiment_dir.parent.parent}/mlflow.db")
+    experiment = client.get_experiment_by_name("small")
+    runs = {r.data.tags["raygap.trial_id"]: r for r in client.search_runs([experiment.experiment_id])}
+    assert sorted(runs) == sorted(trials.trial_id)  # one run per trial, none twice (the re-run added none)
+    for row in trials.to_dict("records"):
+        run = runs[row["trial_id"]]
+        assert run.data.params["train.lr"] == str(row["train.lr"])
+        assert run.data.params["method.align_weight"] == str(row["method.align_weight"])
+        curve = client.get_metric_history(run.info.run_id, "robust_acc")
+        mine = epochs[epochs.trial_id == row["trial_id"]].sort_values("epoch")
+        by_step = [(m.step, m.value) for m in sorted(curve, key=lambda m: m.step)]
+        assert by_step == list(zip(mine.epoch, mine.robust_acc))
+        assert run.info.status == ("FAILED" if row["status"] == "failed" else "FINISHED")
+        artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
+        assert artifacts == (["model.pt"] if row["status"] == "completed" else [])
+    assert list((experiment_dir.parent.parent / "mlartifacts").rglob("model.pt"))  # beside the store, not in cwd
+    (finalist,) = trials[trials.finalist == True].to_dict("records")  # noqa: E712
+    logged = runs[finalist["trial_id"]].data.metrics
+    assert logged["test_robust_acc"] == finalist["test_robust_acc"] and "test_pgd20_acc" in logged
+
+
+def test_an_mlflow_store_that_cannot_be_written_is_refused_before_ray(tmp_path):
+    from conftest import run_cli
+
+    proc = run_cli("tune", f"storage={tmp_path}", "tune.trackers=[mlflow]", "tune.mlflow_uri=sqlite:////proc/no/mlflow.db")
+    assert proc.returncode == 2 and proc.stdout == ""
+    line = proc.stderr.strip()
+    assert "\n" not in line
+    assert line.startswith("raygap: error: MLflow tracking URI sqlite:////proc/no/mlflow.db cannot be written")
+    assert "MLFLOW_TRACKING_URI" in line and not list(tmp_path.iterdir())  # nothing written
