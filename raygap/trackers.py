@@ -9,6 +9,7 @@ place logs them all. A resumed search finds its runs again by the tag raygap.tri
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -20,6 +21,21 @@ from raygap import results, storage
 from raygap.errors import UserError
 
 TRIAL_TAG = "raygap.trial_id"
+
+
+def _never_stops_the_search(hook):
+    """A tracker that fails mid-search (its server gone) prints one line and the search goes on: the
+    Parquet tables are the search's record, the tracker a view of it."""
+
+    @functools.wraps(hook)
+    def guarded(*args, **kwargs):
+        try:
+            hook(*args, **kwargs)
+        except Exception as err:  # MLflow's, its stores' and the network's errors alike
+            print(f"[mlflow] {hook.__name__} failed ({' '.join(str(err).split())[:200]}); the search goes on",
+                  flush=True)
+
+    return guarded
 
 
 def check(cfg, experiment: str) -> None:
@@ -76,6 +92,7 @@ class MLflowTracker(Callback):
                 self.experiment_id, run_name=trial_id, tags={TRIAL_TAG: trial_id}).info.run_id
         return self.runs[trial_id]
 
+    @_never_stops_the_search
     def on_trial_start(self, iteration, trials, trial, **info):
         from mlflow.entities import Param
 
@@ -91,6 +108,7 @@ class MLflowTracker(Callback):
             self.client.log_batch(run_id, params=params[start:start + 100])
         self.client.set_tag(run_id, "raygap.searched", json.dumps(searched))
 
+    @_never_stops_the_search
     def on_trial_result(self, iteration, trials, trial, result, **info):
         from mlflow.entities import Metric
 
@@ -100,6 +118,7 @@ class MLflowTracker(Callback):
                    if isinstance(result.get(k), (int, float)) and k != "finished_at"]
         self.client.log_batch(self.run_id(trial.trial_id), metrics=metrics)
 
+    @_never_stops_the_search
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self.run_id(trial.trial_id)
         model = storage.join(self.experiment_dir, "runs", trial.trial_id, "model.pt")
@@ -111,6 +130,7 @@ class MLflowTracker(Callback):
                 self.client.log_artifact(run_id, local)
         self.client.set_terminated(run_id, "FINISHED")
 
+    @_never_stops_the_search
     def on_trial_error(self, iteration, trials, trial, **info):
         self.client.set_terminated(self.run_id(trial.trial_id), "FAILED")
 
@@ -123,6 +143,7 @@ def _artifact_location(uri: str) -> str | None:
     return None
 
 
+@_never_stops_the_search
 def log_finalists(cfg, experiment: str, trials) -> None:
     """The finalists' test-split columns, as metrics of their MLflow runs."""
     if "mlflow" not in cfg.tune.trackers:

@@ -115,3 +115,15 @@ def test_a_storage_that_cannot_be_written_is_refused_with_one_line_before_ray(s3
     assert "\n" not in line and line.startswith(f"raygap: error: storage {root} cannot be written")
     assert "AWS_ENDPOINT_URL" in line and "storage=" in line
     assert not results.read_table(f"{BUCKET_ROOT}/refused", "trials").shape[0]  # nothing written
+
+
+def test_the_driver_lease_works_in_a_bucket(s3):
+    from raygap.errors import UserError
+    from raygap.lock import DriverLock
+
+    experiment = f"{BUCKET_ROOT}/leased"
+    with DriverLock(experiment) as held:
+        assert storage.exists(f"{experiment}/driver.lock") and held.holder()["token"] == held.me["token"]
+        with pytest.raises(UserError, match=f"pid {os.getpid()} on"):
+            DriverLock(experiment).__enter__()
+    assert not storage.exists(f"{experiment}/driver.lock")
