@@ -3,6 +3,9 @@
     python -m raygap.tune search=benchmarks/grids/afd_digits.yaml          # once: every configuration, to the end
     python benchmarks/search_replay.py raygap_results/afd_digits_grid [--replays 20] [--budget-trials 8]
 
+(A configuration whose trial failed for want of infrastructure can be run again as its own experiment
+and its folder named after the grid's: benchmarks/grids/afd_cifar10_cpu_grid_fill.yaml.)
+
 The grid's epochs table holds every configuration's whole learning curve and what each epoch cost, so a
 search can be replayed without training (the approach of tabular HPO benchmarks): a replayed trial
 costs the seconds its epochs cost when they ran, and an early-stopped one only the epochs it got. The
@@ -58,16 +61,20 @@ class Grid:
         return max(curve[-1][0] for curve in self.curves.values())
 
 
-def load_grid(experiment_dir: str) -> Grid:
-    """Read a grid experiment's tables: its completed trials' params and their epochs."""
-    if not os.path.isdir(os.path.join(experiment_dir, "trials")):
-        raise GridError(f"{experiment_dir} holds no trials table: record a grid first "
-                        f"(python -m raygap.tune search=benchmarks/grids/afd_digits.yaml)")
-    trials = results.read_table(experiment_dir, "trials")
-    epochs = results.read_table(experiment_dir, "epochs")
+def load_grid(*experiment_dirs: str) -> Grid:
+    """Read grid experiments' tables (a grid, and any experiment that re-ran configurations whose trials
+    failed in it): the completed trials' params and their epochs."""
+    import pandas as pd
+
+    for experiment_dir in experiment_dirs:
+        if not os.path.isdir(os.path.join(experiment_dir, "trials")):
+            raise GridError(f"{experiment_dir} holds no trials table: record a grid first "
+                            f"(python -m raygap.tune search=benchmarks/grids/afd_digits.yaml)")
+    trials = pd.concat([results.read_table(d, "trials") for d in experiment_dirs], ignore_index=True)
+    epochs = pd.concat([results.read_table(d, "epochs") for d in experiment_dirs], ignore_index=True)
     done = trials[trials.status == "completed"]
     if done.empty:
-        raise GridError(f"{experiment_dir} has no completed trial")
+        raise GridError(f"{', '.join(experiment_dirs)} has no completed trial")
     params = {row.trial_id: json.loads(row.params) for row in done.itertuples()}
     keys = list(next(iter(params.values())))
     space = {k: {"type": "choice", "values": sorted({p[k] for p in params.values()})} for k in keys}
@@ -169,7 +176,8 @@ def rung_correlations(grid: Grid, grace_period: int, reduction_factor: int) -> d
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("grid", help="the grid experiment's folder")
+    parser.add_argument("grid", nargs="+",
+                        help="the grid experiment folder (and any that re-ran configurations that failed in it)")
     parser.add_argument("--replays", type=int, default=20)
     parser.add_argument("--budget-trials", type=float, default=8, help="the budget, in full trials' compute")
     parser.add_argument("--grace-period", type=int, default=2)
@@ -177,7 +185,7 @@ def main(argv=None):
     parser.add_argument("--plot", default="")
     args = parser.parse_args(argv)
     try:
-        grid = load_grid(args.grid)
+        grid = load_grid(*args.grid)
     except GridError as err:
         print(f"search_replay: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -186,8 +194,8 @@ def main(argv=None):
     curves = {s.name: [replay(grid, s, seed, budget, args.grace_period, args.reduction_factor)
                        for seed in range(args.replays)] for s in STRATEGIES}
     target = statistics.mean(at_budget(c, budget) for c in curves["random"])
-    print(f"grid {args.grid}: {len(grid.curves)} configurations x {grid.epochs} epochs, best final robust "
-          f"accuracy {grid.best():.3f}; budget {args.budget_trials:g} full trials ({budget:.0f} s); "
+    print(f"grid {' + '.join(args.grid)}: {len(grid.curves)} configurations x {grid.epochs} epochs, "
+          f"best final robust accuracy {grid.best():.3f}; budget {args.budget_trials:g} full trials ({budget:.0f} s); "
           f"{args.replays} replays; rungs at {rungs(grid.epochs, args.grace_period, args.reduction_factor)}\n")
     print(f"| strategy | trials run | best robust acc at the budget | compute to reach random's mean best "
           f"({target:.3f}) | hypervolume of the (robust, clean) front |")

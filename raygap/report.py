@@ -55,8 +55,8 @@ def _percent(column: str) -> bool:
 
 def _header(column: str) -> str:
     """A readable column heading: accuracies in percent, test columns named by their attack."""
-    names = {"trial_id": "trial", "clean_acc": "clean %", "robust_acc": "robust %", "cpu_seconds": "CPU s",
-             "gpu_seconds": "GPU s", "test_robust_acc": "test worst case %"}
+    names = {"trial_id": "trial", "method.name": "method", "clean_acc": "clean %", "robust_acc": "robust %",
+             "cpu_seconds": "CPU s", "gpu_seconds": "GPU s", "test_robust_acc": "test worst case %"}
     if column in names:
         return names[column]
     if column.startswith("test_") and _percent(column):

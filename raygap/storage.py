@@ -7,6 +7,7 @@ PUT is atomic by itself. So a crash never leaves a half-written file behind.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 
 import pyarrow.fs as pafs
@@ -56,11 +57,18 @@ def write_bytes(path: str, data: bytes) -> None:
 
 
 def check_writable(path: str) -> None:
-    """Refuse, with one line, a storage that cannot be reached or written: before any work starts."""
+    """Refuse, with one line, a storage that cannot be reached or written: before any work starts, and
+    leaving nothing behind (a probe file is written and deleted, with any folder made for it)."""
     fs, where = filesystem(path)
+    made = None  # the outermost local folder the probe makes
+    if isinstance(fs, pafs.LocalFileSystem):
+        top = where
+        while not os.path.lexists(top):
+            made, top = top, os.path.dirname(top)
     probe = f"{where}/.raygap-probe-{uuid.uuid4().hex}"
     try:
-        fs.create_dir(where, recursive=True)
+        if made:
+            fs.create_dir(where, recursive=True)
         with fs.open_output_stream(probe):
             pass
         fs.delete_file(probe)
@@ -69,6 +77,9 @@ def check_writable(path: str) -> None:
         raise StorageError(f"storage {path} cannot be written: {reason}; check that it exists and that you may write "
                            "there (for a bucket: its name, the credentials and, for a non-AWS endpoint, "
                            "AWS_ENDPOINT_URL), or choose another with storage=...") from None
+    finally:
+        if made:
+            shutil.rmtree(made, ignore_errors=True)
 
 
 def read_bytes(path: str) -> bytes:
