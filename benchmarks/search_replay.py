@@ -208,7 +208,8 @@ def main(argv=None):
         median = f"{hit[len(hit) // 2]:.2f} of the budget" if len(hit) > len(needed) / 2 else "not reached in most"
         fronts = [front_at_budget(c, budget) for c in curves[s.name]]
         print(f"| {s.name} | {statistics.mean(len(c) for c in curves[s.name]):.1f} | "
-              f"{statistics.mean(reached):.3f} ± {statistics.stdev(reached):.3f} | {median} ({len(hit)}/{len(needed)}) | "
+              f"{statistics.mean(reached):.3f} ± {statistics.stdev(reached):.3f} | "
+              f"{median} ({len(hit)}/{len(needed)}) | "
               f"{statistics.mean(fronts):.3f} ± {statistics.stdev(fronts):.3f} |")
         rows.append((s.name, reached, needed))
     print("\n| rung (epoch) | Spearman: robust acc there vs at the last epoch |\n|---|---|")

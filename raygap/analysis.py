@@ -166,7 +166,8 @@ def plot_learning_curves(trials: pd.DataFrame, epochs: pd.DataFrame, metric: str
     for value, color in colors.items():
         ax.plot([], [], color=color, label=f"{key}={value}")
     ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.set(xlabel="epoch", ylabel=f"{metric} (validation)", title=f"learning curves of {epochs.trial_id.nunique()} trials")
+    ax.set(xlabel="epoch", ylabel=f"{metric} (validation)",
+           title=f"learning curves of {epochs.trial_id.nunique()} trials")
     ax.legend(fontsize=7)
     return ax.figure
 
@@ -243,6 +244,6 @@ def plot_cost(trials: pd.DataFrame, ax=None):
 def figures(experiment_dir: str, trials: pd.DataFrame, epochs: pd.DataFrame) -> dict:
     """Every figure of the analysis of the experiment's tables (as `load` returns them), by name."""
     return {"pareto": plot_pareto(trials), "learning_curves": plot_learning_curves(trials, epochs),
-            "hyperparameters": plot_hyperparameters(trials), "importances": plot_importances(importances(experiment_dir)),
-            "cost": plot_cost(trials)}
+            "hyperparameters": plot_hyperparameters(trials),
+            "importances": plot_importances(importances(experiment_dir)), "cost": plot_cost(trials)}
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -72,6 +73,12 @@ class DriverLock:
 
     def _refresh(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
+            holder = self.holder()
+            if holder and holder.get("token") != self.me["token"]:  # this driver stalled past STALE_S: taken over
+                print(f"raygap: {self.path} was taken over by pid {holder.get('pid')} on {holder.get('host')} while "
+                      f"this driver did not refresh it for {STALE_S:.0f} s; stop this driver (Ctrl-C): the other "
+                      "one now searches the experiment", file=sys.stderr)
+                return  # refreshing would overwrite the new holder's lease
             try:
                 self._write()
             except StorageError:

@@ -70,8 +70,9 @@ def searcher(cfg, experiment: str, experiment_dir: str, warm: WarmStart | None =
     if warm:
         warm.tell(optuna.create_study(study_name=experiment, storage=study_storage, load_if_exists=True,
                                       directions=[f"{o.mode}imize" for o in objectives]))
-    search = ResumableOptunaSearch(space=functools.partial(suggest, space=as_dict(cfg.tune.space)), metric=metric, mode=mode,
-                          sampler=sampler(cfg), study_name=experiment, storage=study_storage)
+    space = functools.partial(suggest, space=as_dict(cfg.tune.space))
+    search = ResumableOptunaSearch(space=space, metric=metric, mode=mode, sampler=sampler(cfg), study_name=experiment,
+                                   storage=study_storage)
     return ConcurrencyLimiter(search, max_concurrent=cfg.tune.max_concurrent)
 
 
@@ -92,7 +93,7 @@ class ResumableOptunaSearch(OptunaSearch):
 
 
 def warm_start_dir(cfg) -> str:
-    """The earlier experiment's folder: tune.warm_start as a folder holding a trials table, else a name under storage."""
+    """The earlier experiment's folder: tune.warm_start as a folder with a trials table, else a name under storage."""
     source = cfg.tune.warm_start
     for candidate in (source, storage.join(cfg.storage, source)):
         if storage.exists(storage.join(candidate, "trials")):
@@ -131,7 +132,8 @@ def warm_start(cfg) -> WarmStart:
     space = as_dict(cfg.tune.space)
     searched_before = {key for params in frame["params"].dropna() for key in json.loads(params)}
     if not searched_before & space.keys():
-        raise UserError(f"tune.warm_start: experiment {source} searched {', '.join(sorted(searched_before)) or 'nothing'}, "
+        searched = ', '.join(sorted(searched_before)) or 'nothing'
+        raise UserError(f"tune.warm_start: experiment {source} searched {searched}, "
                         f"which shares no key with this space ({', '.join(space)})")
     objectives = list(cfg.tune.objectives)
     completed = frame[frame.status == "completed"]

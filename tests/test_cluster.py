@@ -1,9 +1,11 @@
 """The cluster files: Ray's own validation of the launcher configs, the KubeRay manifests, the upload
 filter, and a real local autoscaling cluster (Ray's fake_multinode provider) running a submitted search."""
 
+import contextlib
 import copy
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -102,9 +104,13 @@ def test_a_search_submitted_to_a_local_autoscaling_cluster_runs_on_added_gpu_nod
     autoscaling = yaml.safe_load((CLUSTER / "local.yaml").read_text())
     autoscaling["provider"]["gcs_address"] = f"127.0.0.1:{gcs}"
     (tmp_path / "local.yaml").write_text(yaml.safe_dump(autoscaling))
+    # Every port of the head its own: the defaults (the job agent's 52365, the client server's 10001) are
+    # taken when another Ray cluster runs on this machine, and the job submission would find no agent.
+    ports = [f"--{option}={_free_port()}" for option in ("dashboard-agent-listen-port", "ray-client-server-port",
+                                                        "runtime-env-agent-port", "metrics-export-port")]
     subprocess.run([ray_cli, "start", "--head", f"--autoscaling-config={tmp_path / 'local.yaml'}", "--num-cpus=1",
                     '--resources={"trial_driver": 1000}', "--node-ip-address=127.0.0.1", f"--port={gcs}",
-                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--disable-usage-stats"],
+                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", *ports, "--disable-usage-stats"],
                    env=env, check=True, capture_output=True, timeout=120)
     try:
         # No --working-dir here (raygap is installed): the fake nodes share one session folder, and a
@@ -133,4 +139,25 @@ def test_a_search_submitted_to_a_local_autoscaling_cluster_runs_on_added_gpu_nod
         assert set(epochs.node) <= added and not set(epochs.node) & head  # trials trained on worker nodes
         assert trials.finalist.fillna(False).sum() == 1
     finally:
-        subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        _stop_cluster(gcs)
+
+
+def _stop_cluster(gcs_port: int) -> None:
+    """Stop this test's Ray processes: those naming its GCS port on their command lines, and their children
+    (Ray's agents rename themselves, ray::DashboardAgent, and name nothing). `ray stop` would stop every
+    Ray cluster of the user on this machine, a search running beside the tests included."""
+    import psutil
+
+    ours = re.compile(rf"(--gcs-address=\S+:|--address=\S+:|--gcs_server_port=){gcs_port}(?!\d)")
+    processes = set()
+    for process in psutil.process_iter(["cmdline"]):
+        if ours.search(" ".join(process.info["cmdline"] or [])):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                processes |= {process, *process.children(recursive=True)}
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):  # it ended on its own meanwhile
+            process.terminate()
+    _, alive = psutil.wait_procs(processes, timeout=30)
+    for process in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()

@@ -56,3 +56,14 @@ def test_the_holder_refreshes_its_lease(tmp_path, monkeypatch):
         first = held.holder()["heartbeat"]
         time.sleep(0.5)
         assert held.holder()["heartbeat"] > first
+
+
+def test_a_lease_taken_over_is_not_overwritten_by_its_old_holder(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(lock, "HEARTBEAT_S", 0.1)
+    with DriverLock(str(tmp_path)):
+        _lease(tmp_path, token="new", pid=12345)  # another driver took over while this one stalled
+        time.sleep(0.5)
+        assert json.loads((tmp_path / "driver.lock").read_text())["token"] == "new"
+    assert json.loads((tmp_path / "driver.lock").read_text())["token"] == "new"  # and not removed at the end
+    warning = capsys.readouterr().err
+    assert warning.count("\n") == 1 and "taken over by pid 12345" in warning
