@@ -141,8 +141,8 @@ class Recorder(Callback):
         scored = [r for r in self.rows.values() if r.get(self.objective.metric) is not None]
         pick = max if self.objective.mode == "max" else min
         best = pick(scored, key=lambda r: r[self.objective.metric]) if scored else None
-        elapsed = time.time() - self.started
-        eta = elapsed / max(finished, 1) * (self.num_samples - finished)
+        # The pace of this driver: a resumed search's earlier trials ended before it started
+        eta = (time.time() - self.started) / max(len(self.ended_now), 1) * (self.num_samples - finished)
         print(f"[search] trial {trial_id} {row['status']} after {row.get('epochs') or 0} epochs: "
               f"clean {row.get('clean_acc') or 0:.3f} robust {row.get('robust_acc') or 0:.3f} | "
               f"{finished}/{self.num_samples} done ({counts['completed']} completed, {counts['stopped_early']} "

@@ -6,7 +6,8 @@ import subprocess
 import sys
 import time
 
-from raygap import results
+from raygap import config, results
+from raygap.recorder import Recorder
 
 
 def test_rerunning_a_killed_training_command_resumes_from_the_last_checkpoint(tmp_path, natural_digits):
@@ -37,3 +38,15 @@ def test_rerunning_a_killed_training_command_resumes_from_the_last_checkpoint(tm
     epochs = results.read_table(run_dir, "epochs")
     assert sorted(epochs.epoch) == [1, 2, 3, 4]
     assert second.stdout.strip().splitlines()[-1] == f"{run_dir}/model.pt"
+
+
+def test_a_resumed_searchs_eta_is_paced_by_the_trials_this_driver_saw_end(tmp_path, capsys):
+    recorder = Recorder(config.load([f"storage={tmp_path}", "tune.num_samples=10"]), "resumed")
+    recorder.setup()
+    recorder.rows = {f"earlier{i}": {"trial_id": f"earlier{i}", "status": "completed"} for i in range(5)}
+    recorder.rows["now"] = {"trial_id": "now", "status": "completed", "robust_acc": 0.5}
+    recorder.ended_now = {"now"}
+    recorder.started = time.time() - 100  # this driver ended one trial in 100 s; 4 of 10 are left
+    recorder._progress("now")
+    line = capsys.readouterr().out
+    assert "6/10 done" in line and line.rstrip().endswith("eta 00:06:40")  # not 100 s / 6 trials x 4 = 00:01:06
