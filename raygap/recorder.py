@@ -83,7 +83,8 @@ class Recorder(Callback):
         self._update_metrics(row, self._history(trial.trial_id))
         done = (row.get("epochs") or 0) >= self.epochs
         model_path = storage.join(self.experiment_dir, "runs", trial.trial_id, "model.pt") if done else None
-        row.update({"status": "completed" if done else "stopped_early", "ended_at": time.time(), "model_path": model_path})
+        row.update({"status": "completed" if done else "stopped_early", "ended_at": time.time(),
+                    "model_path": model_path})
         self._save(trial.trial_id)
         study.push(self.experiment_dir)
         self._progress(trial.trial_id)

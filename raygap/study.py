@@ -9,7 +9,8 @@
   searcher state refers to it, so a resumed driver must find it there) and copied to `optuna.journal`
   in the bucket's experiment folder at each trial's end, each time Tune saves its own state and at the
   search's end; a driver fetches it before it resumes. Chosen over requiring an RDB there: a bucket alone
-  is enough to run and resume a search, and the copy is never older than the searcher state Tune saved beside it (see Recorder.get_state).
+  is enough to run and resume a search, and the copy is never older than the searcher state Tune saved
+  beside it (see Recorder.get_state).
 - Experiments begun before the journal (2026-11-24) keep their SQLite study, optuna.db.
 """
 
