@@ -4,8 +4,9 @@ Each trial becomes an MLflow run in the MLflow experiment named like raygap's: i
 params, its epochs as metric histories (step = epoch), its status, the exported model as an artifact,
 and, for finalists, the test-split columns. Logged from the driver, as a Tune callback: Ray Train v2
 rejects Tune's logger callbacks inside Train runs (ray #49454), and the driver sees every trial, so one
-place logs them all. A resumed search finds its runs again by the tag raygap.trial_id, and does not log
-again the epochs a resumed trial reports again (MLflow would keep both as points of one step).
+place logs them all. A resumed search finds its runs again by the tag raygap.trial_id. A trial resumed
+from its checkpoint trains again the epochs after it and reports them again: they are logged again, so
+MLflow holds two points at such a step, and the later one is the epochs table's (which is rewritten).
 """
 
 from __future__ import annotations
@@ -58,13 +59,10 @@ class MLflowTracker(Callback):
         self.experiment = experiment
         self.experiment_dir = storage.join(cfg.storage, experiment)
         self.runs: dict = {}  # trial_id -> MLflow run id
-        self.last_epoch: dict = {}  # trial_id -> the last epoch its run holds
         self._client = None
 
     def __getstate__(self):
-        # A resumed driver asks MLflow, not the pickle, which runs and epochs are logged: Tune saves its
-        # state now and then, so a pickled copy can lag what a killed driver logged after it.
-        return {**self.__dict__, "_client": None, "runs": {}, "last_epoch": {}}
+        return {**self.__dict__, "_client": None}
 
     @property
     def client(self):
@@ -94,8 +92,6 @@ class MLflowTracker(Callback):
             found = self.client.search_runs([self.experiment_id], f"tags.`{TRIAL_TAG}` = '{trial_id}'", max_results=1)
             self.runs[trial_id] = found[0].info.run_id if found else self.client.create_run(
                 self.experiment_id, run_name=trial_id, tags={TRIAL_TAG: trial_id}).info.run_id
-            logged = self.client.get_metric_history(self.runs[trial_id], "robust_acc") if found else []
-            self.last_epoch[trial_id] = max((m.step for m in logged), default=0)
         return self.runs[trial_id]
 
     @_never_stops_the_search
@@ -118,14 +114,11 @@ class MLflowTracker(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         from mlflow.entities import Metric
 
-        run_id, step = self.run_id(trial.trial_id), int(result["epoch"])
-        if step <= self.last_epoch[trial.trial_id]:
-            return  # a resumed trial reports again the epochs after its checkpoint that the run already holds
         names = [*results.EPOCH_METRICS, *(f"loss_{p}" for p in results.loss_parts())]
+        step = int(result["epoch"])
         metrics = [Metric(k, float(result[k]), int(result["finished_at"] * 1000), step) for k in names
                    if isinstance(result.get(k), (int, float)) and k != "finished_at"]
-        self.client.log_batch(run_id, metrics=metrics)
-        self.last_epoch[trial.trial_id] = step
+        self.client.log_batch(self.run_id(trial.trial_id), metrics=metrics)
 
     @_never_stops_the_search
     def on_trial_complete(self, iteration, trials, trial, **info):

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import zipfile
@@ -17,6 +16,7 @@ import pytest
 import ray
 import yaml
 
+from conftest import free_port
 from raygap import results
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,18 +87,12 @@ def test_rayignore_keeps_results_data_checkpoints_and_git_out_of_the_upload(tmp_
     assert not [n for n in names if n.startswith(("raygap_results/", "data/", ".git/")) or n.endswith(".pt")]
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_search_submitted_to_a_local_autoscaling_cluster_runs_on_added_gpu_nodes(tmp_path, natural_digits):
     _, path = natural_digits
     ray_cli = str(Path(sys.executable).parent / "ray")
     env = dict(os.environ, RAY_FAKE_CLUSTER="1", RAY_AUTH_MODE="disabled", PYTHONUNBUFFERED="1")
     env.pop("RAY_ADDRESS", None)
-    gcs, dashboard = _free_port(), _free_port()
+    gcs, dashboard = free_port(), free_port()
     address = f"http://127.0.0.1:{dashboard}"
     # local.yaml's fake nodes join the head at port 6379 unless told otherwise: tell them our free port
     autoscaling = yaml.safe_load((CLUSTER / "local.yaml").read_text())
@@ -106,7 +100,7 @@ def test_a_search_submitted_to_a_local_autoscaling_cluster_runs_on_added_gpu_nod
     (tmp_path / "local.yaml").write_text(yaml.safe_dump(autoscaling))
     # Every port of the head its own: the defaults (the job agent's 52365, the client server's 10001) are
     # taken when another Ray cluster runs on this machine, and the job submission would find no agent.
-    ports = [f"--{option}={_free_port()}" for option in ("dashboard-agent-listen-port", "ray-client-server-port",
+    ports = [f"--{option}={free_port()}" for option in ("dashboard-agent-listen-port", "ray-client-server-port",
                                                         "runtime-env-agent-port", "metrics-export-port")]
     subprocess.run([ray_cli, "start", "--head", f"--autoscaling-config={tmp_path / 'local.yaml'}", "--num-cpus=1",
                     '--resources={"trial_driver": 1000}', "--node-ip-address=127.0.0.1", f"--port={gcs}",

@@ -24,20 +24,27 @@ def test_a_tracker_that_fails_mid_search_says_so_and_the_search_goes_on(tmp_path
     assert line.startswith("[mlflow] on_trial_error failed (") and line.endswith("the search goes on")
 
 
-def test_a_resumed_driver_does_not_log_an_epoch_again(tmp_path):
+def test_a_resumed_trials_epochs_trained_again_are_what_mlflow_shows_last(tmp_path):
     cfg = config.load([f"storage={tmp_path}", "tune.trackers=[mlflow]",
                        f"tune.mlflow_uri=sqlite:///{tmp_path}/mlflow.db"])
     trial = Trial("run_trial", stub=True, trial_id="t1")
-    epoch = lambda n, acc: {"epoch": n, "robust_acc": acc, "clean_acc": 0.9, "finished_at": 1.7e9 + n}  # noqa: E731
+    report = lambda tracker, n, acc, at: tracker.on_trial_result(  # noqa: E731
+        iteration=n, trials=[trial], trial=trial,
+        result={"epoch": n, "robust_acc": acc, "clean_acc": 0.9, "finished_at": 1.7e9 + at})
     first = MLflowTracker(cfg, "resumed")
-    first.on_trial_result(iteration=1, trials=[trial], trial=trial, result=epoch(1, 0.1))
+    report(first, 1, 0.1, at=1)
     saved = pickle.dumps(first)  # Tune saves its state here, after the first epoch
-    for n, acc in ((2, 0.2), (3, 0.3)):
-        first.on_trial_result(iteration=n, trials=[trial], trial=trial, result=epoch(n, acc))
-    # the driver is killed; the resumed one restores the pickle and the trial its checkpoint of epoch 2
+    report(first, 2, 0.2, at=2)
+    report(first, 3, 0.3, at=3)
+    # the driver is killed; the resumed one restores the pickle, and the trial its checkpoint of epoch 2:
+    # epoch 3 is trained again (the epochs table now holds 0.33 for it), then epoch 4
     resumed = pickle.loads(saved)
-    for n, acc in ((3, 0.33), (4, 0.4)):
-        resumed.on_trial_result(iteration=n, trials=[trial], trial=trial, result=epoch(n, acc))
-    history = resumed.client.get_metric_history(resumed.run_id("t1"), "robust_acc")
-    logged = [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)]
-    assert logged == [(1, 0.1), (2, 0.2), (3, 0.3), (4, 0.4)]
+    report(resumed, 3, 0.33, at=10)
+    report(resumed, 4, 0.4, at=11)
+    run_id = resumed.run_id("t1")
+    assert run_id == first.runs["t1"]  # one run per trial, found again
+    latest = {}
+    for point in sorted(resumed.client.get_metric_history(run_id, "robust_acc"), key=lambda m: m.timestamp):
+        latest[point.step] = point.value
+    assert latest == {1: 0.1, 2: 0.2, 3: 0.33, 4: 0.4}
+    assert resumed.client.get_run(run_id).data.metrics["robust_acc"] == 0.4
