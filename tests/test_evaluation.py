@@ -70,6 +70,22 @@ def test_worst_case_counts_an_example_only_if_it_survives_every_attack():
     assert report["robust"] == 0.0  # the minimum of the accuracies would say 0.5
 
 
+def test_an_attack_over_several_batches_reports_each_with_an_eta():
+    model = nn.Linear(1, 2)  # class 1 where the pixel is bright, as above
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[0.0], [2.0]]))
+        model.bias.copy_(torch.tensor([0.0, -1.0]))
+    split = data.Split(torch.full((5, 1), 255, dtype=torch.uint8), torch.ones(5, dtype=torch.long))
+    attacks = {"clean": None, "black": lambda model, x, y: torch.zeros_like(x)}
+    for batch_size, expected in ((5, []), (2, ["2 of 5", "4 of 5"])):
+        lines = []
+        report = worst_case(model, split, attacks, batch_size=batch_size, seed=0, progress=lines.append)
+        assert report["accuracy"] == {"clean": 1.0, "black": 0.0} and report["robust"] == 0.0
+        batches = [line for line in lines if "eta" in line]
+        assert [line.split()[1] + " of " + line.split()[3] for line in batches] == expected, lines
+        assert all(line.split()[0] == "black" for line in batches)  # clean is not attacked in batches
+
+
 def test_the_json_has_each_attack_the_worst_case_and_how_it_was_run(evaluated):
     proc, result, _ = evaluated
     assert proc.stdout.strip().splitlines()[-1].endswith("eval.json")
