@@ -285,8 +285,9 @@ def refuse_if_diverging(job: Job, lr: float, losses: dict, epoch: int, rank: int
 
 def warn_lr_too_high(job: Job, lr: float, start_clean: float, clean_acc: float):
     sys.stdout.write(f"[{job.label}] warning: clean validation accuracy fell from {start_clean:.1%} to "
-                     f"{clean_acc:.1%} in the first epoch; {job.stage}.lr={lr:g} is likely too high "
-                     f"for this model and data: lower it (e.g. {job.stage}.lr={lr / 2.5:g})\n")
+                     f"{clean_acc:.1%} in the first epoch; {job.stage}.lr={lr:g} may be too high for this "
+                     f"model and data: try {job.stage}.lr={lr / 2.5:g}; if that falls as far, the method "
+                     f"itself trades this much clean accuracy for robustness\n")
 
 
 def build(job: Job, cfg, dataset: data.Dataset, context, steps: int) -> Parts:

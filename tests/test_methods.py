@@ -383,6 +383,15 @@ def test_short_run_raises_robust_accuracy_well_above_the_pretrained_model(tmp_pa
     assert correct_count(exported, dataset.val, attack, 500).item() / len(dataset.val) == pytest.approx(after, abs=0.03)
 
 
+def test_a_first_epoch_that_halves_clean_accuracy_warns_and_names_a_lower_rate(tmp_path, natural_digits, capsys):
+    _, path = natural_digits
+    for lr in ("0.025", "0.3"):  # the default fine-tuning rate, and one that wrecks the natural model
+        train.run(load("method=vaft", "train.epochs=1", f"train.lr={lr}", f"pretrained={path}", storage=tmp_path))
+    warnings = [line for line in capsys.readouterr().out.splitlines() if "warning: clean validation" in line]
+    assert len(warnings) == 1 and "train.lr=0.3 may be too high" in warnings[0], warnings
+    assert "try train.lr=0.12; if that falls as far, the method itself trades" in warnings[0]
+
+
 def test_recipes_set_the_papers_regimes(tmp_path):
     afd_paper = load("recipe=afd_paper", storage=tmp_path)
     assert (afd_paper.method.name, afd_paper.method["update"], afd_paper.method.disentangler_size) == ("afd", "official", None)
