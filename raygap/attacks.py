@@ -232,8 +232,10 @@ def autocast(device: torch.device, bf16: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
 
-def correct_mask(model, split: data.Split, attack, batch_size: int, bf16: bool = False) -> torch.Tensor:
-    """Which examples of `split` `model` classifies correctly after `attack` (None: clean): a bool tensor."""
+def correct_mask(model, split: data.Split, attack, batch_size: int, bf16: bool = False,
+                 after_batch=None) -> torch.Tensor:
+    """Which examples of `split` `model` classifies correctly after `attack` (None: clean): a bool tensor.
+    `after_batch(done)`, if given, is called after each batch with the number of examples done so far."""
     device = next(model.parameters()).device
     correct = []
     for start in range(0, len(split), batch_size):
@@ -244,6 +246,8 @@ def correct_mask(model, split: data.Split, attack, batch_size: int, bf16: bool =
                 x = attack(model, x, y)
             with torch.no_grad():
                 correct.append(model(x).argmax(1) == y)
+        if after_batch:
+            after_batch(start + len(y))
     return torch.cat(correct) if correct else torch.zeros(0, dtype=torch.bool, device=device)
 
 

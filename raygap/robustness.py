@@ -32,20 +32,23 @@ def worst_case(model, split: data.Split, attacks: dict, batch_size: int, seed: i
     """
     clean = correct_mask(model, split, None, batch_size).cpu()
     index = clean.nonzero().squeeze(1)
+    attacked = data.Split(split.x[index], split.y[index])
     robust = clean.clone()
     report = {"accuracy": {}, "seconds": {}, "attacked": len(index)}
     progress(f"  attacking the {len(index)} of {len(split)} examples classified correctly")
     for name, attack in attacks.items():
         torch.manual_seed(seed)
         start = time.perf_counter()
-        survived = clean.clone()
-        for first in range(0, len(index) if attack is not None else 0, batch_size):
-            batch = index[first:first + batch_size]
-            survived[batch] = correct_mask(model, data.Split(split.x[batch], split.y[batch]), attack, batch_size).cpu()
-            done, elapsed = first + len(batch), time.perf_counter() - start
+
+        def batch_done(done, name=name, start=start):
             if done < len(index):
+                elapsed = time.perf_counter() - start
                 eta = time.strftime("%H:%M:%S", time.gmtime(elapsed / done * (len(index) - done)))
                 progress(f"  {name:<12} {done} of {len(index)} attacked ({elapsed:.1f} s)  eta {eta}")
+
+        survived = clean.clone()
+        if attack is not None:
+            survived[index] = correct_mask(model, attacked, attack, batch_size, after_batch=batch_done).cpu()
         robust &= survived
         report["accuracy"][name] = survived.sum().item() / len(split)
         report["seconds"][name] = time.perf_counter() - start
