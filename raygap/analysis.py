@@ -52,6 +52,9 @@ def load(experiment_dir: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     trials = results.read_table(experiment_dir, "trials")
     if trials.empty:
         raise FileNotFoundError(f"{experiment_dir} has no trials table: is it an experiment folder of raygap.tune?")
+    if "kept_robust_acc" not in trials:  # a table written before trials exported their best epoch: the last
+        trials = trials.assign(kept_epoch=trials.epochs, kept_clean_acc=trials.clean_acc,
+                               kept_robust_acc=trials.robust_acc)
     return trials, results.read_table(experiment_dir, "epochs")
 
 
@@ -80,7 +83,7 @@ def color_key(trials: pd.DataFrame) -> str | None:
     return None
 
 
-def pareto_front(frame: pd.DataFrame, x: str = "clean_acc", y: str = "robust_acc") -> pd.DataFrame:
+def pareto_front(frame: pd.DataFrame, x: str = "kept_clean_acc", y: str = "kept_robust_acc") -> pd.DataFrame:
     """The rows not dominated in (x, y), both maximised: no other row is >= on both and > on one.
 
     Sorted by x descending. Rows with a missing x or y are left out.
@@ -96,12 +99,38 @@ def pareto_front(frame: pd.DataFrame, x: str = "clean_acc", y: str = "robust_acc
     return rows.loc[keep]
 
 
-def leaderboard(trials: pd.DataFrame, metric: str = "robust_acc", mode: str = "max") -> pd.DataFrame:
-    """The trials best first by `metric`, with the columns people compare them on."""
+def leaderboard(trials: pd.DataFrame, metric: str = "kept_robust_acc", mode: str = "max") -> pd.DataFrame:
+    """The trials best first by `metric`, with the columns people compare them on: the validation figures of
+    the epoch each exported (kept_*, with the robust one's standard error) and the finalists' test figures."""
     tests = [c for c in trials.columns if c.startswith("test_")]
-    shown = ["trial_id", "status", *searched(trials), "epochs", "clean_acc", "robust_acc", *tests, "gpu_seconds",
-             "cpu_seconds"]
+    se = ["kept_robust_se"] if "kept_robust_se" in trials else []
+    shown = ["trial_id", "status", *searched(trials), "epochs", "kept_epoch", "kept_clean_acc", "kept_robust_acc",
+             *se, *tests, "gpu_seconds", "cpu_seconds"]
     return trials.sort_values(metric, ascending=mode == "min", na_position="last")[shown]
+
+
+def paired_interval(a, b, resamples: int = 10000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """(mean of a - b, low, high): the difference in accuracy of two models attacked on the same examples,
+    with its `level` interval from a paired percentile bootstrap.
+
+    a, b: per-example correctness (1 or 0), one sequence per seed (or one sequence), the same examples in the
+    same order in each. Each resample draws the examples with replacement, the same draw for both models
+    and every seed, and, with several seeds, the seeds with replacement: both sources of variation count.
+    """
+    import numpy as np
+
+    d = np.atleast_2d(np.asarray(a, dtype=float) - np.asarray(b, dtype=float))  # seeds x examples
+    seeds, n = d.shape
+    rng = np.random.default_rng(seed)
+    stats = []
+    for size in [1000] * (resamples // 1000) + [resamples % 1000]:  # in chunks: a resample is n counts
+        counts = rng.multinomial(n, np.full(n, 1 / n), size=size)  # how often each example is drawn
+        per_seed = counts @ d.T / n  # size x seeds
+        if seeds > 1:
+            per_seed = np.take_along_axis(per_seed, rng.integers(0, seeds, size=(size, seeds)), axis=1)
+        stats.append(per_seed.mean(axis=1))
+    low, high = np.quantile(np.concatenate(stats), [(1 - level) / 2, (1 + level) / 2])
+    return float(d.mean()), float(low), float(high)
 
 
 def _axes(ax, size=(6, 4.5)):
@@ -120,29 +149,29 @@ def _colors(values: pd.Series) -> dict:
 
 
 def plot_pareto(trials: pd.DataFrame, ax=None):
-    """Clean vs robust validation accuracy of every trial; the front joined and ringed; finalists
+    """Clean vs robust validation accuracy of every trial at the epoch it exported; the front joined and ringed; finalists
     starred, with their test accuracy under the strongest final attack written beside them."""
     ax = _axes(ax)
     key = color_key(trials)
-    scored = trials.dropna(subset=["clean_acc", "robust_acc"])
+    scored = trials.dropna(subset=["kept_clean_acc", "kept_robust_acc"])
     groups = scored[key] if key else pd.Series("all", index=scored.index)
     colors = _colors(groups)
     for (value, status), group in scored.groupby([groups, scored.status]):
-        ax.scatter(group.clean_acc, group.robust_acc, color=colors[value], alpha=0.8,
+        ax.scatter(group.kept_clean_acc, group.kept_robust_acc, color=colors[value], alpha=0.8,
                    marker=STATUS_MARKERS.get(status, "o"), label=f"{key}={value}, {status}" if key else status)
     front = pareto_front(scored)
-    ax.plot(front.clean_acc, front.robust_acc, "k--", lw=1, drawstyle="steps-post", label="Pareto front")
-    ax.scatter(front.clean_acc, front.robust_acc, s=160, facecolors="none", edgecolors="k")
+    ax.plot(front.kept_clean_acc, front.kept_robust_acc, "k--", lw=1, drawstyle="steps-post", label="Pareto front")
+    ax.scatter(front.kept_clean_acc, front.kept_robust_acc, s=160, facecolors="none", edgecolors="k")
     column = final_attack(trials)
     if column:
         final = scored[scored[column].notna()]
-        ax.scatter(final.clean_acc, final.robust_acc, marker="*", s=260, color="gold", edgecolors="k", zorder=3,
+        ax.scatter(final.kept_clean_acc, final.kept_robust_acc, marker="*", s=260, color="gold", edgecolors="k", zorder=3,
                    label=f"finalist (its {column} on the test split written beside it)")
         for row in final.itertuples():
-            ax.annotate(f"{getattr(row, column):.3f}", (row.clean_acc, row.robust_acc), xytext=(8, -4),
+            ax.annotate(f"{getattr(row, column):.3f}", (row.kept_clean_acc, row.kept_robust_acc), xytext=(8, -4),
                         textcoords="offset points", fontsize=8)
     ax.margins(0.1)
-    ax.set(xlabel="clean accuracy (validation)", ylabel="robust accuracy (validation)",
+    ax.set(xlabel="clean accuracy (validation, epoch kept)", ylabel="robust accuracy (validation, epoch kept)",
            title=f"{len(scored)} trials: clean vs robust accuracy")
     ax.legend(fontsize=7)
     return ax.figure
@@ -179,27 +208,30 @@ def plot_hyperparameters(trials: pd.DataFrame, params: list | None = None):
     params = [p for p in (params or searched(trials)) if p in trials]
     fig, axes = plt.subplots(2, max(len(params), 1), figsize=(4 * max(len(params), 1), 6), squeeze=False,
                              layout="constrained")
-    scored = trials.dropna(subset=["clean_acc", "robust_acc"])
+    scored = trials.dropna(subset=["kept_clean_acc", "kept_robust_acc"])
     for j, param in enumerate(params):
         values = scored[param]
         numeric = pd.api.types.is_numeric_dtype(values)
         positions = values if numeric else values.astype(str)
-        for i, metric in enumerate(["robust_acc", "clean_acc"]):
+        for i, metric in enumerate(["kept_robust_acc", "kept_clean_acc"]):
             ax = axes[i, j]
             for status, group in scored.groupby("status"):
                 ax.scatter(positions[group.index], group[metric], marker=STATUS_MARKERS.get(status, "o"),
                            alpha=0.8, label=status)
             if numeric and values.min() > 0 and values.max() / values.min() > 20:
                 ax.set_xscale("log")
-            ax.set(xlabel=param, ylabel=f"{metric} (validation)")
+            ax.set(xlabel=param, ylabel=f"{metric.removeprefix('kept_')} (validation)")
     axes[0, 0].legend(fontsize=7)
     fig.suptitle("accuracy against each searched hyperparameter")
     return fig
 
 
 def importances(experiment_dir: str, storage_url: str | None = None) -> pd.Series:
-    """Optuna's importance of each hyperparameter (its default evaluator) for the study's first objective.
+    """Optuna's fANOVA importance of each hyperparameter for the study's first objective, seeded.
 
+    fANOVA, not PED-ANOVA: on a 32-trial digits search, fANOVA's ranking of the keys on 8, 16 and 24 of the
+    trials agreed better with its ranking on all of them (Spearman 0.36, 0.71, 0.85 against 0.17, 0.45,
+    0.79; benchmarks/importance.py, benchmarks/README.md). Below about 20 trials it is a rough guide.
     Read from the study the search saved (raygap.study: the journal in the experiment folder by default).
     Empty when the study has too few finished trials or no hyperparameter common to all of them.
     """
@@ -213,7 +245,8 @@ def importances(experiment_dir: str, storage_url: str | None = None) -> pd.Serie
     if len(done) < 2 or not any(len({str(t.params.get(p)) for t in done}) > 1
                                 for p in set.intersection(*(set(t.params) for t in done))):
         return pd.Series(dtype=float, name="importance")
-    found = optuna.importance.get_param_importances(optuna_study, target=target)
+    found = optuna.importance.get_param_importances(
+        optuna_study, target=target, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
     return pd.Series(found, name="importance").sort_values()
 
 
@@ -232,13 +265,66 @@ def plot_cost(trials: pd.DataFrame, ax=None):
     GPUs, else CPU-seconds)."""
     ax = _axes(ax)
     cost = "gpu_seconds" if trials.gpu_seconds.fillna(0).sum() > 0 else "cpu_seconds"
-    for metric, color in [("robust_acc", "tab:red"), ("clean_acc", "tab:blue")]:
+    for metric, color in [("kept_robust_acc", "tab:red"), ("kept_clean_acc", "tab:blue")]:
         for status, group in trials.dropna(subset=[metric]).groupby("status"):
             ax.scatter(group[cost], group[metric], color=color, marker=STATUS_MARKERS.get(status, "o"), alpha=0.8,
-                       label=f"{metric}, {status}")
+                       label=f"{metric.removeprefix('kept_')}, {status}")
     ax.set(xlabel=cost.replace("_", "-"), ylabel="accuracy (validation)", title="accuracy against cost")
     ax.legend(fontsize=7)
     return ax.figure
+
+
+def load_comparison(folder: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(arms, differences, examples) of a `raygap.compare` folder: one row per arm and seed, per paired
+    difference, and per test example of each arm (join examples to arms on `experiment`)."""
+    arms = results.read_table(folder, "arms")
+    if arms.empty:
+        raise FileNotFoundError(f"{folder} has no arms table: is it the folder of a raygap.compare run?")
+    return arms, results.read_table(folder, "differences"), results.read_table(folder, "examples")
+
+
+def plot_comparison(arms: pd.DataFrame, differences: pd.DataFrame):
+    """Left: each arm's test accuracy clean, under each attack and in the worst case (bars: the mean over
+    seeds; dots: each seed). Right: the paired differences in the worst case with their 95% intervals."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    tests = [c for c in arms.columns if c.startswith("test_")]
+    labels = list(dict.fromkeys(arms.arm))
+    robust = differences[differences.measure == "robust"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, max(3.5, 0.45 * len(robust) + 1.5)), layout="constrained")
+    width = 0.8 / len(labels)
+    colors = _colors(pd.Series(labels))
+    for i, label in enumerate(labels):
+        mine = arms[arms.arm == label]
+        x = np.arange(len(tests)) + (i - (len(labels) - 1) / 2) * width
+        left.bar(x, 100 * mine[tests].mean(), width, color=colors[label], label=label, alpha=0.85)
+        for _, seed in mine.iterrows():
+            left.scatter(x, 100 * seed[tests].astype(float), color="k", s=8, zorder=3)
+    left.set_xticks(np.arange(len(tests)), [c[len("test_"):-len("_acc")].replace("robust", "worst case") for c in tests])
+    left.set(ylabel="test accuracy (%)", title=f"each arm's finalist on the same {int(arms.examples.iloc[0])} test images")
+    left.legend(fontsize=7)
+    y = np.arange(len(robust))[::-1]
+    right.errorbar(100 * robust.difference, y, xerr=[100 * (robust.difference - robust.low),
+                                                     100 * (robust.high - robust.difference)], fmt="o", capsize=4)
+    right.axvline(0, color="k", lw=0.8)
+    right.set_yticks(y, [f"{a}\n - {b}" for a, b in zip(robust.a, robust.b)], fontsize=8)
+    right.set(xlabel="difference in worst-case test accuracy (points), 95% paired bootstrap",
+              title="paired differences")
+    return fig
+
+
+def plot_arm_importances(folder: str, arms: pd.DataFrame):
+    """Hyperparameter importance in each tuned arm's search (its first seed), one panel per arm."""
+    import matplotlib.pyplot as plt
+
+    tuned = arms[arms.tuned].drop_duplicates("arm")
+    fig, axes = plt.subplots(1, max(len(tuned), 1), figsize=(5 * max(len(tuned), 1), 3.2), squeeze=False,
+                             layout="constrained")
+    for ax, row in zip(axes[0], tuned.itertuples()):
+        plot_importances(importances(storage.join(folder, row.experiment)), ax=ax)
+        ax.set_title(f"{row.arm}: importance", fontsize=9)
+    return fig
 
 
 def figures(experiment_dir: str, trials: pd.DataFrame, epochs: pd.DataFrame) -> dict:

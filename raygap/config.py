@@ -36,12 +36,14 @@ Backend = choice("Backend", "auto nccl gloo")
 Precision = choice("Precision", "auto bf16 fp32")
 ReportFormat = choice("ReportFormat", "raygap robustbench")
 DistributionType = choice("DistributionType", "uniform loguniform int choice")
-SearchMetric = choice("SearchMetric", "robust_acc clean_acc loss")
+# kept_*: the validation figures of the epoch a trial exports (train.keep), so far; the others: this epoch's
+SearchMetric = choice("SearchMetric", "kept_robust_acc kept_clean_acc robust_acc clean_acc loss")
 Mode = choice("Mode", "max min")
 Scheduler = choice("Scheduler", "asha pareto_asha fifo")
 Algorithm = choice("Algorithm", "auto tpe nsga2 random grid")
 Init = choice("Init", "auto pretrained scratch")
 Tracker = choice("Tracker", "mlflow")
+Keep = choice("Keep", "best last")
 
 
 @dataclass
@@ -91,6 +93,8 @@ class TrainConfig:
     lr_decay: float = 0.1
     ema: bool = True  # evaluate and export the weight EMA (decay min(ema_decay, (t+1)/(t+10)))
     ema_decay: float = 0.999
+    # the epoch exported: best (the highest robust validation accuracy, as Rice et al. 2020 stop early) or last
+    keep: Keep = Keep.best
     seed: int = 0
     workers: int = 0  # 0: in this process; N >= 1: a Ray Train run with N workers
     gpus_per_worker: float = 0.0
@@ -146,7 +150,7 @@ class Distribution:
 
 @dataclass
 class ObjectiveConfig:
-    metric: SearchMetric = SearchMetric.robust_acc  # a per-epoch validation metric
+    metric: SearchMetric = SearchMetric.kept_robust_acc  # a per-epoch validation metric
     mode: Mode = Mode.max
 
 
@@ -174,6 +178,7 @@ class TuneConfig:
     max_failures: int = 0  # retries of a trial whose run raised, before it is recorded as failed
     optuna_storage: str = ""  # an Optuna RDB URL; empty: the journal optuna.journal in the experiment folder (raygap.study)
     warm_start: str = ""  # an earlier experiment (name under storage, or its folder): its completed trials inform the searcher
+    try_defaults: bool = True  # the first trial trains the config's own values of the searched keys (searcher.defaults_point)
     trackers: List[Tracker] = field(default_factory=list)  # [mlflow]: each trial an MLflow run too (raygap.trackers)
     mlflow_uri: str = ""  # MLflow's tracking URI; empty: MLflow's own (MLFLOW_TRACKING_URI, else ./mlflow.db)
 
@@ -188,6 +193,16 @@ class FinalEvalConfig:
 
 
 @dataclass
+class CompareConfig:
+    """`python -m raygap.compare`: defences searched at one budget, their finalists attacked on the same test images."""
+
+    methods: List[str] = field(default_factory=list)  # empty: every method the space's `method` choice offers
+    seeds: List[int] = field(default_factory=lambda: [0])  # one whole search per method and seed (tune.seed, train.seed)
+    untuned: List[str] = field(default_factory=list)  # methods also trained once at their defaults, unsearched
+    resamples: int = 10000  # paired bootstrap resamples of the test images (and of the seeds) per interval
+
+
+@dataclass
 class RaygapConfig:
     data: DataConfig = MISSING
     model: ModelConfig = MISSING
@@ -195,10 +210,11 @@ class RaygapConfig:
     attack: AttackConfig = field(default_factory=AttackConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(
-        epochs=30, lr=0.05, schedule=Schedule.cosine, ema=False))
+        epochs=30, lr=0.05, schedule=Schedule.cosine, ema=False, keep=Keep.last))
     eval: EvalConfig = field(default_factory=EvalConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     final_eval: FinalEvalConfig = field(default_factory=FinalEvalConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
     storage: str = "./raygap_results"  # a local folder or a pyarrow URI (s3://, gs://)
     name: str = ""  # experiment name; empty: derived from the config, so a re-run finds its run again
     checkpoint: str = ""  # the checkpoint to evaluate

@@ -4,8 +4,9 @@
 on every worker of a Ray Train run (runner.py decides which, and gives it its context). It builds the
 method's objective, then for each epoch: for each batch (data.Batches), makes adversarial examples on
 the module in eval mode and steps SGD with the configured schedule and a weight EMA; validates clean
-and robust accuracy; records the epoch (progress line, epochs table) and reports it with a checkpoint
-of the whole training state. Rank 0 exports the deployable classifier at the end.
+and robust accuracy (the same images and attack seed every epoch and every run, so figures are paired);
+records the epoch (progress line, epochs table) and reports it with a checkpoint of the whole training
+state. Rank 0 exports the deployable classifier at the end: the weights of the epoch `keep` names.
 """
 
 from __future__ import annotations
@@ -219,10 +220,10 @@ def train_loop(job: Job, context) -> list | None:
                            channels_last=device.type == "cuda" and t.channels_last)
     val = validation(cfg, dataset, rank, world, device)
     parts = build(job, cfg, dataset, context, steps=batches.steps * t.epochs)
-    history, start_epoch = [], 0
+    history, start_epoch, kept_weights = [], 0, None
     if (state := context.restore()) is not None:
         parts.load(state)
-        history, start_epoch = state["history"], state["epoch"] + 1
+        history, start_epoch, kept_weights = state["history"], state["epoch"] + 1, state.get("kept_weights")
     faults.at_start(job)
     # The starting model's clean accuracy, to tell a first epoch that wrecks it (too high a learning rate)
     start_clean = val.accuracy(parts.module, [None], bf16)[0] if job.start and start_epoch == 0 else None
@@ -251,18 +252,33 @@ def train_loop(job: Job, context) -> list | None:
         wall = time.perf_counter() - started
         images_per_s = batches.epoch_len / train_seconds
         row = {"epoch": epoch + 1, "lr": parts.optimizer.param_groups[0]["lr"], **losses, "clean_acc": clean_acc,
-               "robust_acc": robust_acc, "images_per_s": images_per_s,
+               "robust_acc": robust_acc, "clean_se": val.standard_error(clean_acc),
+               "robust_se": val.standard_error(robust_acc), "images_per_s": images_per_s,
                "mfu": images_per_s * flops_per_image / peak if peak else None,
                "train_seconds": train_seconds, "wall_seconds": wall,
                "gpu_seconds": wall * context.gpus * world, "cpu_seconds": wall * context.cpus * world,
                "finished_at": time.time(), "node": context.node}
         history.append(row)
+        kept = kept_row(history, t.keep)
+        row.update(kept_epoch=kept["epoch"], kept_clean_acc=kept["clean_acc"], kept_robust_acc=kept["robust_acc"])
+        if rank == 0 and t.keep == "best" and kept is row:  # a copy, not the live weights, which train on
+            kept_weights = {k: v.detach().to("cpu", copy=True) for k, v in parts.evaluated.state_dict().items()}
         if rank == 0:
             record(job, row, history, t.epochs)
             if epoch + 1 == t.epochs:  # before the last report: Tune may stop a trial as soon as it is reported
-                export(job, cfg, dataset, parts, history)
-        context.report(row, {"epoch": epoch, **parts.state(), "history": history} if rank == 0 else None)
+                export(job, cfg, dataset, parts, history, kept_weights)
+        state = {"epoch": epoch, **parts.state(), "history": history, "kept_weights": kept_weights}
+        context.report(row, state if rank == 0 else None)
     return history if rank == 0 else None
+
+
+def kept_row(history: list, keep) -> dict:
+    """The epoch (a row of `history`) whose weights are exported if training ends now: the last, or with
+    keep=best the highest robust validation accuracy (then clean accuracy; the earliest on a tie), as
+    Rice et al. (ICML 2020) stop adversarial training early on a held-out split."""
+    if keep == "last":
+        return history[-1]
+    return max(history, key=lambda r: (r["robust_acc"], r["clean_acc"], -r["epoch"]))
 
 
 def refuse_if_diverged_before(job: Job):
@@ -326,33 +342,54 @@ def record(job: Job, row: dict, history: list, epochs: int):
     results.write_epochs(job.experiment_dir, job.trial_id, job.cfg, history)
 
 
-def export(job: Job, cfg, dataset: data.Dataset, parts: Parts, history: list):
-    """The deployable classifier, fp32 on the CPU, to `<run_dir>/model.pt` (the training state is saved next)."""
-    final = copy.deepcopy(parts.objective.export(parts.evaluated)).float().cpu().eval()
+def export(job: Job, cfg, dataset: data.Dataset, parts: Parts, history: list, kept_weights: dict | None):
+    """The deployable classifier of the kept epoch (`kept_weights`, or the current weights when None), fp32
+    on the CPU, to `<run_dir>/model.pt` (the training state is saved next)."""
+    evaluated = parts.evaluated
+    if kept_weights is not None and history[-1]["kept_epoch"] != history[-1]["epoch"]:
+        evaluated = copy.deepcopy(evaluated)
+        evaluated.load_state_dict(kept_weights)
+    final = copy.deepcopy(parts.objective.export(evaluated)).float().cpu().eval()
     final = final.to(memory_format=torch.contiguous_format)
-    meta = {"method": job.method, "stage": job.stage, "epochs": len(history), "history": history}
+    meta = {"method": job.method, "stage": job.stage, "epochs": len(history), "kept_epoch": history[-1]["kept_epoch"],
+            "history": history}
     ckpt.save(storage.join(job.run_dir, "model.pt"), final, ckpt.arch_of(final, cfg.model.name, dataset.in_shape),
               job.cfg, meta)
 
 
 @dataclass
 class Validation:
-    """This rank's share of the validation split (eval.val_n examples) and the fixed validation attack."""
+    """This rank's share of the validation split (eval.val_n examples) and the fixed validation attack.
+
+    Every epoch of every run attacks the same images from the same random start (eval.seed, on an RNG of
+    its own, so training's random stream is untouched): two trials' figures differ by their models only.
+    """
 
     shard: data.Split
     n: int
     attack: object
     batch_size: int
     world: int
+    rank: int
+    seed: int
 
     def accuracy(self, model: nn.Module, attacks: list, bf16: bool) -> list[float]:
         """Accuracy of `model` in eval mode under each attack (None: clean), summed over the ranks."""
         model.eval()
-        counts = torch.stack([correct_count(model, self.shard, attack, self.batch_size, bf16) for attack in attacks])
-        counts = counts.float()
+        device = self.shard.x.device
+        counts = []
+        for attack in attacks:
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(self.seed + self.rank)  # each rank's shard its own start, the same every time
+                counts.append(correct_count(model, self.shard, attack, self.batch_size, bf16))
+        counts = torch.stack(counts).float()
         if self.world > 1:
             dist.all_reduce(counts)
         return (counts / self.n).tolist()
+
+    def standard_error(self, accuracy: float) -> float:
+        """The binomial standard error of an accuracy measured on these n examples."""
+        return math.sqrt(accuracy * (1 - accuracy) / self.n)
 
 
 def validation(cfg, dataset: data.Dataset, rank: int, world: int, device) -> Validation:
@@ -361,7 +398,7 @@ def validation(cfg, dataset: data.Dataset, rank: int, world: int, device) -> Val
     attack = make_attack(cfg.eval.val_attack, eps=cfg.eval.eps, norm=cfg.eval.norm, num_classes=dataset.num_classes,
                          seed=cfg.eval.seed)
     return Validation(data.Split(val.x[rank::world], val.y[rank::world]).to(device), len(val), attack,
-                      cfg.eval.batch_size, world)
+                      cfg.eval.batch_size, world, rank, cfg.eval.seed)
 
 
 def _print_progress(label: str, row: dict, history: list, epochs: int):
@@ -369,8 +406,9 @@ def _print_progress(label: str, row: dict, history: list, epochs: int):
     seconds = sum(r["wall_seconds"] for r in history[-3:]) / min(3, done)
     eta = time.strftime("%H:%M:%S", time.gmtime(seconds * (epochs - row["epoch"])))
     # sys.stdout.write, not print: Ray Train workers patch print to log each line twice
+    kept = f" (kept: epoch {row['kept_epoch']})" if row["kept_epoch"] != row["epoch"] else ""
     sys.stdout.write(f"[{label}] epoch {row['epoch']}/{epochs}  loss {row.get('loss', float('nan')):.4f}  "
-                     f"val clean {row['clean_acc']:.3f}  robust {row['robust_acc']:.3f}  "
+                     f"val clean {row['clean_acc']:.3f}  robust {row['robust_acc']:.3f} ± {row['robust_se']:.3f}{kept}  "
                      f"{row['images_per_s']:.0f} img/s  eta {eta}\n")
     sys.stdout.flush()
 

@@ -52,9 +52,12 @@ class Recorder(Callback):
         if not history:
             return
         last = history[-1]
-        best = max(history, key=lambda r: r["robust_acc"])
+        number = last.get("kept_epoch")
+        kept = history[int(number) - 1] if number == number and number is not None else last  # null: an older table
         row.update({"epochs": last["epoch"], "clean_acc": last["clean_acc"], "robust_acc": last["robust_acc"],
-                    "loss": last.get("loss"), "best_robust_acc": best["robust_acc"], "best_epoch": best["epoch"],
+                    "loss": last.get("loss"), "kept_epoch": kept["epoch"], "kept_clean_acc": kept["clean_acc"],
+                    "kept_robust_acc": kept["robust_acc"], "kept_clean_se": kept.get("clean_se"),
+                    "kept_robust_se": kept.get("robust_se"),
                     "wall_seconds": sum(r["wall_seconds"] for r in history),
                     "gpu_seconds": sum(r["gpu_seconds"] for r in history),
                     "cpu_seconds": sum(r["cpu_seconds"] for r in history)})
@@ -145,7 +148,8 @@ class Recorder(Callback):
         # The pace of this driver: a resumed search's earlier trials ended before it started
         eta = (time.time() - self.started) / max(len(self.ended_now), 1) * (self.num_samples - finished)
         print(f"[search] trial {trial_id} {row['status']} after {row.get('epochs') or 0} epochs: "
-              f"clean {row.get('clean_acc') or 0:.3f} robust {row.get('robust_acc') or 0:.3f} | "
+              f"clean {row.get('kept_clean_acc') or 0:.3f} robust {row.get('kept_robust_acc') or 0:.3f} "
+              f"(epoch {row.get('kept_epoch') or 0}) | "
               f"{finished}/{self.num_samples} done ({counts['completed']} completed, {counts['stopped_early']} "
               f"stopped early, {counts['failed']} failed), {counts['running']} running | best "
               + (f"{self.objective.metric} {best[self.objective.metric]:.3f} ({best['trial_id']})" if best else "-")

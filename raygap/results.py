@@ -22,8 +22,11 @@ import pyarrow.parquet as pq
 from raygap import storage
 from raygap.errors import UserError
 
-EPOCH_METRICS = ["lr", "loss", "clean_acc", "robust_acc", "images_per_s", "mfu", "train_seconds", "wall_seconds",
-                 "gpu_seconds", "cpu_seconds", "finished_at"]  # finished_at: Unix time at the end of the epoch
+# clean_se, robust_se: binomial standard errors of the validation figures; kept_*: the figures of the epoch
+# the run would export if it ended now (train.keep); finished_at: Unix time at the end of the epoch
+EPOCH_METRICS = ["lr", "loss", "clean_acc", "robust_acc", "clean_se", "robust_se", "kept_clean_acc",
+                 "kept_robust_acc", "images_per_s", "mfu", "train_seconds", "wall_seconds", "gpu_seconds",
+                 "cpu_seconds", "finished_at"]
 
 
 def _arrow_type(annotation):
@@ -39,7 +42,7 @@ def _arrow_type(annotation):
 
 
 # The search's own settings describe the experiment, not a trial: they stay out of the columns.
-NOT_COLUMNS = ("tune", "final_eval")
+NOT_COLUMNS = ("tune", "final_eval", "compare")
 
 
 def _fields(cls, prefix: str) -> dict:
@@ -77,7 +80,7 @@ def loss_parts() -> tuple:
 
 @lru_cache(maxsize=None)
 def epochs_schema() -> pa.Schema:
-    fields = [("experiment", pa.string()), ("trial_id", pa.string()), ("epoch", pa.int64())]
+    fields = [("experiment", pa.string()), ("trial_id", pa.string()), ("epoch", pa.int64()), ("kept_epoch", pa.int64())]
     fields += [(m, pa.float64()) for m in EPOCH_METRICS] + [(f"loss_{p}", pa.float64()) for p in loss_parts()]
     fields += [("node", pa.string())]  # the Ray node of rank 0; null in this process
     return pa.schema(fields + list(config_fields()))
@@ -88,7 +91,8 @@ def trials_schema(cfg) -> pa.Schema:
     fields = [("experiment", pa.string()), ("trial_id", pa.string()), ("status", pa.string()), ("error", pa.string()),
               ("retries", pa.int64()),
               ("epochs", pa.int64()), ("clean_acc", pa.float64()), ("robust_acc", pa.float64()),
-              ("loss", pa.float64()), ("best_robust_acc", pa.float64()), ("best_epoch", pa.int64()),
+              ("loss", pa.float64()), ("kept_epoch", pa.int64()), ("kept_clean_acc", pa.float64()),
+              ("kept_robust_acc", pa.float64()), ("kept_clean_se", pa.float64()), ("kept_robust_se", pa.float64()),
               ("wall_seconds", pa.float64()), ("gpu_seconds", pa.float64()), ("cpu_seconds", pa.float64()),
               ("started_at", pa.float64()), ("ended_at", pa.float64()), ("model_path", pa.string()),
               ("finalist", pa.bool_()), ("params", pa.string()), ("config", pa.string())]
@@ -101,6 +105,28 @@ def test_columns(cfg) -> list[str]:
     from raygap.attacks import accuracy_key
 
     return [f"test_{accuracy_key(a)}" for a in dict.fromkeys(["clean", *cfg.final_eval.attacks])] + ["test_robust_acc"]
+
+
+def examples_schema(attacks) -> pa.Schema:
+    """The examples table: one row per test example a finalist was evaluated on, whether it was classified
+    correctly clean, under each of `attacks` (final_eval.attacks) and under all of them (`correct_robust`)."""
+    from raygap.attacks import accuracy_key
+
+    fields = [("experiment", pa.string()), ("trial_id", pa.string()), ("example", pa.int64()), ("label", pa.int64())]
+    fields += [(f"correct_{accuracy_key(a).removesuffix('_acc')}", pa.bool_()) for a in dict.fromkeys(["clean", *attacks])]
+    return pa.schema(fields + [("correct_robust", pa.bool_())])
+
+
+def write_examples(experiment_dir: str, trial_id: str, result: dict, attacks) -> str:
+    """(Re)write `trial_id`'s part of the examples table from an evaluation's `result["examples"]`."""
+    experiment = experiment_dir.rstrip("/").rsplit("/", 1)[-1]
+    found = result["examples"]
+    rows = [{"experiment": experiment, "trial_id": trial_id, "example": i, "label": label,
+             **{f"correct_{name}": found["correct"][name][i] for name in found["correct"]}}
+            for i, label in enumerate(found["label"])]
+    path = storage.join(experiment_dir, "examples", f"{trial_id}.parquet")
+    write(path, rows, examples_schema(attacks))
+    return path
 
 
 def flatten(config: dict, prefix: str = "") -> dict:

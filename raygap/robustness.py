@@ -28,13 +28,13 @@ def worst_case(model, split: data.Split, attacks: dict, batch_size: int, seed: i
     not depend on which attacks ran before it. An attack over several batches reports each batch with an
     ETA (a standard AutoAttack of thousands of examples runs for hours). Returns {"accuracy": {name:
     fraction}, "robust": fraction of examples correct under every attack, "seconds": {name: s},
-    "attacked": count}.
+    "attacked": count, "correct": {name: bool tensor per example, and "robust": correct under all}}.
     """
     clean = correct_mask(model, split, None, batch_size).cpu()
     index = clean.nonzero().squeeze(1)
     attacked = data.Split(split.x[index], split.y[index])
     robust = clean.clone()
-    report = {"accuracy": {}, "seconds": {}, "attacked": len(index)}
+    report = {"accuracy": {}, "seconds": {}, "attacked": len(index), "correct": {}}
     progress(f"  attacking the {len(index)} of {len(split)} examples classified correctly")
     for name, attack in attacks.items():
         torch.manual_seed(seed)
@@ -50,10 +50,12 @@ def worst_case(model, split: data.Split, attacks: dict, batch_size: int, seed: i
         if attack is not None:
             survived[index] = correct_mask(model, attacked, attack, batch_size, after_batch=batch_done).cpu()
         robust &= survived
+        report["correct"][name] = survived
         report["accuracy"][name] = survived.sum().item() / len(split)
         report["seconds"][name] = time.perf_counter() - start
         progress(f"  {name:<12} {100 * report['accuracy'][name]:6.2f}%   ({report['seconds'][name]:.1f} s)")
     report["robust"] = robust.sum().item() / len(split)
+    report["correct"]["robust"] = robust
     return report
 
 
@@ -133,6 +135,9 @@ def evaluate_checkpoint(cfg) -> dict:
     out = cfg.eval.out or storage.join(path.rsplit("/", 1)[0], "eval.json")
     storage.write_bytes(out, json.dumps(result, indent=2).encode())
     result["out"] = out
+    # per example, for paired comparisons (the examples table); not in the JSON
+    result["examples"] = {"label": subset.y.tolist(), "correct": {
+        accuracy_key(name).removesuffix("_acc"): mask.tolist() for name, mask in report["correct"].items()}}
     if cfg.eval.format == "robustbench":
         info_path = out.removesuffix(".json") + ".model_info.json"
         storage.write_bytes(info_path, (json.dumps(model_info(result, cfg.eval.info), indent=2) + "\n").encode())

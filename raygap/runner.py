@@ -266,6 +266,8 @@ def natural_key(cfg) -> str:
     data = {k: v for k, v in OmegaConf.to_container(cfg.data).items()
             if k not in ("download", "resident", "eps") and (k != "root" or cfg.data.name == "folder")}
     train = {k: v for k, v in OmegaConf.to_container(cfg.pretrain).items() if k not in EXECUTION_KEYS}
+    if train["keep"] == "last":  # the only choice before the key existed: models cached then keep their key
+        del train["keep"]
     return digest({"data": data, "model": OmegaConf.to_container(cfg.model), "pretrain": train})
 
 

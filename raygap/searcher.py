@@ -9,16 +9,19 @@ from dataclasses import dataclass
 
 from ray.tune.search.optuna import OptunaSearch
 
+from omegaconf import OmegaConf
+
 from raygap import ray_compat, results, storage, study
 from raygap.config import as_dict
 from raygap.errors import UserError
 
 
 def suggest(trial, space: dict) -> None:
-    """Optuna define-by-run: suggest each searched key, skipping those whose `when` does not hold."""
+    """Optuna define-by-run: suggest each searched key, skipping those whose `when` does not hold. Keys with
+    a `when` come after the others, so the keys they depend on are chosen first, wherever a file lists them."""
     chosen = {}
-    for key, d in space.items():
-        if any(chosen.get(other) not in allowed for other, allowed in (d.get("when") or {}).items()):
+    for key, d in _in_order(space):
+        if not _applies(d, chosen):
             continue
         if d["type"] == "choice":
             chosen[key] = trial.suggest_categorical(key, d["values"])
@@ -26,6 +29,29 @@ def suggest(trial, space: dict) -> None:
             chosen[key] = trial.suggest_int(key, int(d["low"]), int(d["high"]), log=d["log"])
         else:
             chosen[key] = trial.suggest_float(key, d["low"], d["high"], log=d["type"] == "loguniform")
+
+
+def _in_order(space: dict) -> list:
+    """The searched keys, those with a `when` after the others (stable: otherwise in the file's order)."""
+    return sorted(space.items(), key=lambda item: bool(item[1].get("when")))
+
+
+def _applies(d: dict, chosen: dict) -> bool:
+    """Whether a searched key's `when` holds for the values chosen so far."""
+    return all(chosen.get(other) in allowed for other, allowed in (d.get("when") or {}).items())
+
+
+def defaults_point(cfg) -> dict:
+    """The config's own value of each searched key that lies in its range (and whose `when` holds): the
+    first trial of a search with tune.try_defaults, so that no search ends below its defaults for want of
+    trying them (with 8 random trials in a 7-key space it can, as measured on digits: benchmarks/README.md).
+    Keys whose default lies outside the space are left to the sampler."""
+    point = {}
+    for key, d in _in_order(as_dict(cfg.tune.space)):
+        value = cfg.method.name if key == "method" else OmegaConf.select(cfg, key)
+        if _applies(d, point) and _inside(d, value):
+            point[key] = value
+    return point
 
 
 def distribution(d: dict):
@@ -71,8 +97,9 @@ def searcher(cfg, experiment: str, experiment_dir: str, warm: WarmStart | None =
         warm.tell(optuna.create_study(study_name=experiment, storage=study_storage, load_if_exists=True,
                                       directions=[f"{o.mode}imize" for o in objectives]))
     space = functools.partial(suggest, space=as_dict(cfg.tune.space))
+    first = defaults_point(cfg) if cfg.tune.try_defaults and algorithm(cfg) != "grid" else {}
     search = ResumableOptunaSearch(space=space, metric=metric, mode=mode, sampler=sampler(cfg), study_name=experiment,
-                                   storage=study_storage)
+                                   storage=study_storage, points_to_evaluate=[first] if first else None)
     return ConcurrencyLimiter(search, max_concurrent=cfg.tune.max_concurrent)
 
 
@@ -139,7 +166,8 @@ def warm_start(cfg) -> WarmStart:
     completed = frame[frame.status == "completed"]
     trials = []
     for row in completed.to_dict("records"):
-        values = [row.get(o.metric) for o in objectives]
+        # a table from before trials kept their best epoch has no kept_* figures: its trials kept their last
+        values = [_missing_to(row.get(o.metric), row.get(o.metric.removeprefix("kept_"))) for o in objectives]
         if any(v is None or not math.isfinite(v) for v in values):
             continue
         params = {key: row.get("method.name" if key == "method" else key) for key in space}
@@ -149,6 +177,10 @@ def warm_start(cfg) -> WarmStart:
                 params=params, distributions={key: distribution(space[key]) for key in params}, values=values,
                 user_attrs={"warm_start": f"{source}:{row['trial_id']}"}))
     return WarmStart(source, trials, len(completed))
+
+
+def _missing_to(value, other):
+    return other if value is None or value != value else value
 
 
 def _inside(d: dict, value) -> bool:

@@ -173,9 +173,8 @@ def _close_orphans(cfg, experiment: str, experiment_dir: str) -> None:
 
 
 def finalists(cfg, experiment_dir: str) -> None:
-    """Evaluate the best `final_eval.top_k` completed trials on the test split (once)."""
-    import ray
-
+    """Evaluate the best `final_eval.top_k` completed trials on the test split (once): their test columns in
+    the trials table, which example each got right under each attack in the examples table."""
     frame = results.read_table(experiment_dir, "trials")
     if frame.empty or not cfg.final_eval.top_k:
         return
@@ -183,20 +182,31 @@ def finalists(cfg, experiment_dir: str) -> None:
     done = frame[frame.status == "completed"].sort_values(objective.metric, ascending=objective.mode == "min")
     columns = results.test_columns(cfg)
     for row in done.head(cfg.final_eval.top_k).to_dict("records"):
-        if row.get("finalist") and all(row.get(c) is not None and row[c] == row[c] for c in columns):
+        examples = storage.join(experiment_dir, "examples", f"{row['trial_id']}.parquet")
+        if row.get("finalist") and all(row.get(c) is not None and row[c] == row[c] for c in columns) \
+                and storage.exists(examples):
             continue
         print(f"[search] evaluating finalist {row['trial_id']} on the test split: {', '.join(cfg.final_eval.attacks)}",
               flush=True)
-        overrides = {"checkpoint": row["model_path"], "eval": {**as_dict(cfg.eval), "attacks": list(cfg.final_eval.attacks),
-                     "n": cfg.final_eval.n, "format": "raygap",
-                     "out": storage.join(experiment_dir, "runs", row["trial_id"], "final_eval.json")}}
-        trial_cfg = OmegaConf.merge(OmegaConf.create(json.loads(row["config"])), overrides)
-        task = ray.remote(num_cpus=cfg.train.cpus_per_worker, num_gpus=cfg.train.gpus_per_worker)(_evaluate)
-        result, table = ray.get(task.remote(trial_cfg))
-        print(table, end="", flush=True)
+        result = final_evaluation(cfg, json.loads(row["config"]), row["model_path"],
+                                  storage.join(experiment_dir, "runs", row["trial_id"], "final_eval.json"))
+        results.write_examples(experiment_dir, row["trial_id"], result, cfg.final_eval.attacks)
         row.update({c: result[c[len("test_"):]] for c in columns}, finalist=True)
         results.write(storage.join(experiment_dir, "trials", f"{row['trial_id']}.parquet"), [row],
                       results.trials_schema(cfg))
+
+
+def final_evaluation(cfg, run_config: dict, model_path: str, out: str) -> dict:
+    """An exported model on the first `final_eval.n` test examples under `final_eval.attacks`, as a Ray task
+    with a trial's resources (Ray connected); prints its table, returns robustness.evaluate_checkpoint's result."""
+    import ray
+
+    overrides = {"checkpoint": model_path, "eval": {**as_dict(cfg.eval), "attacks": list(cfg.final_eval.attacks),
+                 "n": cfg.final_eval.n, "format": "raygap", "out": out}}
+    task = ray.remote(num_cpus=cfg.train.cpus_per_worker, num_gpus=cfg.train.gpus_per_worker)(_evaluate)
+    result, table = ray.get(task.remote(OmegaConf.merge(OmegaConf.create(run_config), overrides)))
+    print(table, end="", flush=True)
+    return result
 
 
 def _evaluate(cfg):
@@ -227,7 +237,8 @@ def summary(cfg, experiment_dir: str) -> dict:
     board = leaderboard(frame, objective.metric, objective.mode)
     front = pareto_front(frame)
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.4g}".format):
-        print("\nleaderboard (validation accuracy at the last epoch; test_* on the test split):")
+        print("\nleaderboard (validation accuracy at the epoch each trial kept, ± its standard error; test_* on the "
+              "test split):")
         print(board.head(10).to_string(index=False))
         print("\nPareto front of clean vs robust validation accuracy:")
         print(front[board.columns].to_string(index=False))
@@ -239,8 +250,9 @@ def summary(cfg, experiment_dir: str) -> dict:
     return {"experiment_dir": experiment_dir, "leaderboard": board, "front": front}
 
 
-def _pop_search(argv: list) -> tuple[str, list]:
-    search = DEFAULT_SEARCH
+def pop_search(argv: list, default: str = DEFAULT_SEARCH) -> tuple[str, list]:
+    """The search space named by `search=` among the arguments (else `default`), and the other arguments."""
+    search = default
     rest = []
     for arg in argv:
         if arg.startswith("search="):
@@ -253,7 +265,7 @@ def _pop_search(argv: list) -> tuple[str, list]:
 def main():
     from raygap.cli import entry_point
 
-    search, sys.argv[1:] = _pop_search(sys.argv[1:])
+    search, sys.argv[1:] = pop_search(sys.argv[1:])
     entry_point(lambda cfg: run(cfg, search), last_line=lambda result: result["experiment_dir"], doc=__doc__,
                 config_name=search)
 

@@ -69,9 +69,9 @@ def wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: floa
     raise AssertionError(f"{what} did not listen on port {port}")
 
 
-def run_cli(module, *args, cwd=None):
-    """Run `python -m raygap.<module> args` as a user would; returns the CompletedProcess."""
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", PYTHONUNBUFFERED="1")
+def run_cli(module, *args, cwd=None, env=None):
+    """Run `python -m raygap.<module> args` as a user would (`env`: variables to add); returns the CompletedProcess."""
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", PYTHONUNBUFFERED="1", **(env or {}))
     return subprocess.run([sys.executable, "-m", f"raygap.{module}", *args], capture_output=True, text=True,
                           cwd=cwd, env=env, timeout=900)
 

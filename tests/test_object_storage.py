@@ -87,7 +87,7 @@ def test_a_search_in_a_bucket_is_killed_resumed_and_read_back(s3, tmp_path, natu
 
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     parameters = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
-    parameters.source = f"experiment = {experiment!r}"  # as papermill would set it
+    parameters.source += f"\nexperiment = {experiment!r}"  # as papermill sets it: after the defaults
     NotebookClient(notebook, timeout=600, kernel_name="python3").execute()
     outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]

@@ -38,7 +38,8 @@ def afd(*overrides, storage):
 
 
 def earlier_search(tmp_path, peak=25.0, n=30):
-    """An earlier experiment's trials table over the default AFD space: robust accuracy peaks at align_weight = peak."""
+    """An earlier experiment's trials table over the default AFD space: robust accuracy peaks at align_weight = peak.
+    Written as searches wrote it before trials kept their best epoch (no kept_* columns: the last epoch's)."""
     cfg = afd(storage=tmp_path)
     experiment = tmp_path / "earlier"
     rows = []

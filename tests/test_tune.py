@@ -51,6 +51,14 @@ def test_small_search_writes_one_row_per_epoch_and_per_trial(small_search, natur
     assert len(finalist) == 1 and finalist.test_pgd20_acc.iloc[0] < finalist.test_clean_acc.iloc[0]
     # PGD-20 attacks only what the model classifies correctly: the worst case over clean and PGD-20 is PGD-20's
     assert finalist.test_robust_acc.iloc[0] == finalist.test_pgd20_acc.iloc[0]
+    # which test image the finalist gets right under each attack, for paired comparisons
+    examples = results.read_table(experiment_dir, "examples")
+    assert len(examples) == 100 and set(examples.trial_id) == set(finalist.trial_id)
+    assert examples.correct_pgd20.mean() == pytest.approx(finalist.test_pgd20_acc.iloc[0])
+    # each trial kept its best epoch: never below its last one, with the figure's standard error beside it
+    scored = trials[trials.status != "failed"]
+    assert (scored.kept_robust_acc >= scored.robust_acc).all() and (scored.kept_epoch <= scored.epochs).all()
+    assert (scored.kept_robust_se > 0).all()
     study = optuna.load_study(study_name="small", storage=open_storage("", str(tmp_path / "small")))
     assert len(study.trials) == 4
     assert "leaderboard" in proc.stdout and "Pareto front" in proc.stdout
@@ -94,19 +102,20 @@ def test_sigkill_of_the_driver_then_the_same_command_finishes_the_search(tmp_pat
 
     front = pareto_front(trials)
     assert len(front) >= 1
+    clean, robust = trials.kept_clean_acc, trials.kept_robust_acc  # the figures of the epochs the trials exported
     for row in front.itertuples():
-        better = trials[(trials.clean_acc >= row.clean_acc) & (trials.robust_acc >= row.robust_acc)
-                        & ((trials.clean_acc > row.clean_acc) | (trials.robust_acc > row.robust_acc))]
+        better = trials[(clean >= row.kept_clean_acc) & (robust >= row.kept_robust_acc)
+                        & ((clean > row.kept_clean_acc) | (robust > row.kept_robust_acc))]
         assert better.empty
-    for row in trials[~trials.trial_id.isin(front.trial_id)].dropna(subset=["clean_acc"]).itertuples():
-        assert ((front.clean_acc >= row.clean_acc) & (front.robust_acc >= row.robust_acc)).any()
+    for row in trials[~trials.trial_id.isin(front.trial_id)].dropna(subset=["kept_clean_acc"]).itertuples():
+        assert ((front.kept_clean_acc >= row.kept_clean_acc) & (front.kept_robust_acc >= row.kept_robust_acc)).any()
     assert "Pareto front" in second.stdout
 
 
 def test_pareto_front_of_a_hand_made_table():
     table = pd.DataFrame({"trial_id": list("abcdef"),
-                          "clean_acc": [0.9, 0.8, 0.7, 0.85, 0.6, 0.9],
-                          "robust_acc": [0.5, 0.6, 0.7, 0.55, 0.65, 0.4]})
+                          "kept_clean_acc": [0.9, 0.8, 0.7, 0.85, 0.6, 0.9],
+                          "kept_robust_acc": [0.5, 0.6, 0.7, 0.55, 0.65, 0.4]})
     # f is dominated by a, e by c; d lies between a and b and is on the front
     assert list(pareto_front(table).trial_id) == ["a", "d", "b", "c"]
 
@@ -141,7 +150,7 @@ def test_a_warm_started_pareto_search_is_told_the_earlier_trials_and_trains_only
 
 
 GRID = """
-defaults: [afd, _self_]
+defaults: [raygap, {budget: laptop}, {override method: afd}, _self_]
 tune:
   algorithm: grid
   num_samples: 4

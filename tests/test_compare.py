@@ -1,0 +1,158 @@
+"""Defences compared at an equal budget: the paired interval, bad input, and a short real comparison on digits
+(its tables read back, the report's comparison page, the notebook's comparison section on a real kernel)."""
+
+from pathlib import Path
+
+import numpy as np
+import nbformat
+import pandas as pd
+import pytest
+from nbclient import NotebookClient
+
+from raygap import analysis, results
+from raygap.config import load
+from raygap.compare import own_space, plan
+
+from conftest import run_cli
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "analyze_trials.ipynb"
+
+
+def test_a_strict_superset_of_correct_examples_gives_an_interval_above_zero():
+    rng = np.random.default_rng(1)
+    b = rng.random(300) < 0.4
+    a = b | (rng.random(300) < 0.1)  # right wherever b is, and on some more
+    diff, low, high = analysis.paired_interval(a, b, resamples=4000)
+    assert diff == pytest.approx(a.mean() - b.mean()) and diff > 0
+    assert 0 < low < diff < high
+    # the same difference unpaired (b's examples shuffled) is far less certain: pairing is what narrows it
+    assert high - low < 0.5 * (analysis.paired_interval(a, rng.permutation(b), resamples=4000)[2] -
+                               analysis.paired_interval(a, rng.permutation(b), resamples=4000)[1])
+
+
+def test_identical_masks_give_a_zero_width_interval_and_seeds_widen_it():
+    a = np.random.default_rng(2).random((2, 200)) < 0.6
+    assert analysis.paired_interval(a, a, resamples=1000) == (0.0, 0.0, 0.0)
+    # two seeds that disagree: resampling the seeds adds their spread to the interval
+    better = a.copy()
+    better[0, :40] = True
+    one = analysis.paired_interval(better[:1], a[:1], resamples=2000)
+    both = analysis.paired_interval(better, a, resamples=2000)
+    assert both[1] <= 0 < one[1]  # seed 1 shows no difference, so over both seeds 0 stays inside
+
+
+def test_each_method_is_searched_over_its_own_keys_at_the_same_budget(tmp_path):
+    cfg = load([f"storage={tmp_path}", "compare.methods=[vaft,afd,trades]", "compare.seeds=[0,1]",
+                "compare.untuned=[afd]"], "defences")
+    arms = plan(cfg, "defences")
+    assert [(a.method, a.tuned, a.seed) for a in arms] == [
+        ("vaft", True, 0), ("afd", True, 0), ("trades", True, 0), ("afd", False, 0), ("vaft", True, 1), ("afd", True, 1),
+        ("trades", True, 1), ("afd", False, 1)]
+    shared = {"train.lr", "train.weight_decay", "attack.eps"}
+    spaces = {a.method: set(a.cfg.tune.space) for a in arms if a.tuned}
+    assert spaces == {"vaft": shared, "afd": shared | {"method.alpha", "method.sigma", "method.align_weight"},
+                      "trades": shared | {"method.beta"}}
+    for arm in arms:  # the same budget, the seed for the searcher and training, the finalist on validation
+        assert (arm.cfg.tune.num_samples, arm.cfg.train.epochs, arm.cfg.tune.scheduler.name) == (8, 6, "asha")
+        assert arm.cfg.tune.seed == arm.cfg.train.seed == arm.seed and arm.cfg.final_eval.top_k == 1
+    assert arms[2].cfg.method.beta == 1.0  # TRADES at its digits default (data_method/digits_trades.yaml)
+    assert own_space({"x": {"type": "choice", "values": [1], "when": {"method": ["afd"], "y": [2]}}}, "afd") == \
+        {"x": {"type": "choice", "values": [1], "when": {"y": [2]}}}
+
+
+DATA_SEARCHED = """
+defaults: [defences, _self_]
+tune:
+  space:
+    data.val_fraction: {type: uniform, low: 0.1, high: 0.2, when: {method: [afd]}}
+"""
+FOREIGN_KEY = """
+defaults: [defences, _self_]
+tune:
+  space:
+    method.gamma: {type: uniform, low: 1, high: 2, when: {method: [afd]}}
+"""
+
+
+@pytest.mark.parametrize("args, message", [
+    (["methods=[afd]"], "compare.methods names one method (afd); a comparison needs two or more"),
+    (["methods=[afd,nope]"], "compare.methods: 'nope' is unknown"),
+    (["methods=[afd,drrdn]"], "'drrdn' is not among the methods search space 'defences' offers"),
+    (["tune.num_samples=0"], "tune.num_samples and tune.max_concurrent must be >= 1"),
+    (["seeds=[]"], "compare.seeds is empty"),
+    (["untuned=[mart]"], "compare.untuned: 'mart' is not compared"),
+    (["search=afd"], "does not search `method` as a choice"),
+    (["search=data.yaml"], "tune.space.data.val_fraction: a comparison gives every method the same data"),
+    (["search=foreign.yaml"], "tune.space.method.gamma names a key that does not exist"),
+])
+def test_bad_comparisons_are_one_line_and_exit_2_before_anything_starts(tmp_path, args, message):
+    (tmp_path / "data.yaml").write_text(DATA_SEARCHED)
+    (tmp_path / "foreign.yaml").write_text(FOREIGN_KEY)
+    storage = tmp_path / "results"
+    proc = run_cli("compare", f"storage={storage}", *args, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not storage.exists() and "ray" not in proc.stdout.lower()  # nothing written, no Ray started
+
+
+SHORT = ["methods=[vaft,afd]", "untuned=[afd]", "tune.num_samples=2", "train.epochs=2", "tune.scheduler.grace_period=1",
+         "final_eval.n=60", "final_eval.attacks=[clean,pgd20]", "eval.val_n=100"]
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory, natural_digits):
+    storage = tmp_path_factory.mktemp("compare")
+    args = [f"storage={storage}", f"pretrained={natural_digits[1]}", "name=short", *SHORT]
+    proc = run_cli("compare", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return storage / "short", proc, args
+
+
+def test_a_short_comparison_searches_each_method_at_the_same_budget_on_the_same_test_images(comparison):
+    folder, proc, args = comparison
+    assert proc.stdout.strip().splitlines()[-1] == str(folder)
+    arms, differences, examples = analysis.load_comparison(str(folder))
+    assert list(arms.arm) == ["vaft (tuned)", "afd (tuned)", "afd (untuned)"]
+    # equal budget: each search ran the same number of trials, each trial for the same number of epochs
+    for experiment in ["vaft-tuned-seed0", "afd-tuned-seed0"]:
+        trials = results.read_table(folder / experiment, "trials")
+        assert len(trials) == 2 and set(trials["train.epochs"]) == {2} and trials.finalist.sum() == 1
+        assert set(trials["method.name"]) == {experiment.split("-")[0]}
+    assert set(arms.trials) == {2, 1} and (arms.trials[arms.tuned] == 2).all()
+    # the same 60 test images for every arm, and the arms' figures are the examples' means
+    by_arm = {name: part.sort_values("example") for name, part in examples.groupby("experiment")}
+    assert len(by_arm) == 3 and all(len(part) == 60 for part in by_arm.values())
+    labels = [part.label.tolist() for part in by_arm.values()]
+    assert labels[0] == labels[1] == labels[2]
+    for row in arms.itertuples():
+        part = by_arm[row.experiment]
+        assert row.test_pgd20_acc == pytest.approx(part.correct_pgd20.mean())
+        assert row.test_robust_acc <= row.test_clean_acc
+        assert (part.correct_robust <= part.correct_clean).all()
+    # every pair of arms, each measure, with an interval around its difference
+    assert len(differences) == 3 * 3 and (differences.low <= differences.difference).all()
+    assert (differences.difference <= differences.high).all()
+    assert "paired differences a - b" in proc.stdout and "most robust (worst case" in proc.stdout
+    # run again: nothing is trained again, and the tables are the same
+    again = run_cli("compare", *args)
+    assert again.returncode == 0 and "] epoch " not in again.stdout, again.stderr[-2000:]
+    pd.testing.assert_frame_equal(results.read_table(folder, "arms"), arms)
+
+
+def test_the_report_and_the_notebook_show_the_comparison(comparison, tmp_path):
+    folder = comparison[0]
+    proc = run_cli("report", f"storage={folder.parent}", f"name={folder.name}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    page = (folder / "report" / "index.html").read_text()
+    for text in ["raygap comparison short", "Paired differences", "vaft (tuned)", "afd (untuned)", "comparison.png",
+                 "importances.png"]:
+        assert text in page
+    assert (folder / "report" / "comparison.png").stat().st_size > 5000
+
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    notebook.cells[1].source = f"experiment = '{folder / 'afd-tuned-seed0'}'\ncomparison = '{folder}'"
+    NotebookClient(notebook, timeout=600, kernel_name="python3").execute()
+    outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "afd (tuned) vs afd (untuned): right only for" in text and "McNemar p =" in text
