@@ -7,9 +7,8 @@ import json
 import math
 from dataclasses import dataclass
 
-from ray.tune.search.optuna import OptunaSearch
-
 from omegaconf import OmegaConf
+from ray.tune.search.optuna import OptunaSearch
 
 from raygap import ray_compat, results, storage, study
 from raygap.config import as_dict
