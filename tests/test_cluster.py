@@ -132,6 +132,19 @@ def test_a_search_submitted_to_a_local_autoscaling_cluster_runs_on_added_gpu_nod
         assert sorted(epochs.groupby("trial_id").epoch.max()) == sorted(trials.epochs)
         assert set(epochs.node) <= added and not set(epochs.node) & head  # trials trained on worker nodes
         assert trials.finalist.fillna(False).sum() == 1
+
+        # the comparison is submitted the same way: one search per method, its finalists on the same test images
+        compare = subprocess.run(
+            [ray_cli, "job", "submit", "--address", address, "--",
+             sys.executable, "-m", "raygap.compare", f"storage={tmp_path}", "name=compared", f"pretrained={path}",
+             "methods=[vaft,afd]", "untuned=[]", "tune.num_samples=1", "train.epochs=1", "train.workers=1",
+             "train.gpus_per_worker=1", "train.cpus_per_worker=1", "train.backend=gloo",
+             "tune.trial_resources={CPU:0.1,trial_driver:1}", "final_eval.n=50", "final_eval.attacks=[clean,pgd20]"],
+            env=env, capture_output=True, text=True, timeout=900)
+        assert compare.returncode == 0 and "succeeded" in compare.stdout, compare.stdout[-3000:] + compare.stderr[-3000:]
+        arms = results.read_table(tmp_path / "compared", "arms")
+        assert list(arms.arm) == ["vaft (tuned)", "afd (tuned)"] and (arms.examples == 50).all()
+        assert not results.read_table(tmp_path / "compared", "differences").empty
     finally:
         _stop_cluster(gcs)
 
