@@ -283,6 +283,14 @@ def load_comparison(folder: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFra
     return arms, results.read_table(folder, "differences"), results.read_table(folder, "examples")
 
 
+def arm_summary(arms: pd.DataFrame) -> pd.DataFrame:
+    """One row per arm (in the arms table's order): its test accuracies averaged over the seeds, the trials,
+    epochs and compute of its searches summed over them."""
+    tests = [c for c in arms.columns if c.startswith("test_")]
+    return arms.groupby("arm", sort=False).agg({"trials": "sum", "epochs": "sum", "cpu_seconds": "sum",
+                                                "gpu_seconds": "sum", **{c: "mean" for c in tests}})
+
+
 def plot_comparison(arms: pd.DataFrame, differences: pd.DataFrame):
     """Left: each arm's test accuracy clean, under each attack and in the worst case (bars: the mean over
     seeds; dots: each seed). Right: the paired differences in the worst case with their 95% intervals."""

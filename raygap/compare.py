@@ -276,9 +276,10 @@ def print_tables(arms, differences, seeds: list) -> None:
     in clean accuracy; which arm is the most robust, by how much, and whether the interval excludes zero."""
     import pandas as pd
 
+    from raygap.analysis import arm_summary
+
     tests = [c for c in arms.columns if c.startswith("test_")]
-    board = arms.groupby("arm", sort=False).agg({"trials": "sum", "epochs": "sum", "cpu_seconds": "sum",
-                                                  "gpu_seconds": "sum", **{c: "mean" for c in tests}})
+    board = arm_summary(arms)
     board[tests] = (100 * board[tests]).round(1)
     board = board.rename(columns={"cpu_seconds": "CPU-s", "gpu_seconds": "GPU-s", **{
         c: c[len("test_"):-len("_acc")].replace("robust", "worst case") + " %" for c in tests}})

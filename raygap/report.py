@@ -134,9 +134,7 @@ def comparison_page(folder: str) -> str:
     arms, differences, _ = analysis.load_comparison(folder)
     name = folder.rstrip("/").rsplit("/", 1)[-1]
     out = storage.join(folder, "report")
-    tests = [c for c in arms.columns if c.startswith("test_")]
-    board = arms.groupby("arm", sort=False).agg({"trials": "sum", "epochs": "sum", "cpu_seconds": "sum",
-                                                  "gpu_seconds": "sum", **{c: "mean" for c in tests}}).reset_index()
+    board = analysis.arm_summary(arms).reset_index()
     shown = differences.assign(measure=differences.measure.replace("robust", "worst case"),
                                difference=differences.difference.map(points),
                                interval=[f"[{points(lo)}, {points(hi)}]" for lo, hi in zip(differences.low,
