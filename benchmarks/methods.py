@@ -31,6 +31,8 @@ from raygap.errors import Diverged  # noqa: E402
 VARIANTS = {
     "vaft": ("vAFT", ["method=vaft"]),
     "afd": ("AFD, official update, full D", ["method=afd"]),
+    "afd-torch2": ("AFD, official update with today's SGD decay (2x, not 3x), full D",
+                   ["method=afd", "method.update=official_torch2"]),
     "afd-split": ("AFD, split update (raygap's variant), full D", ["method=afd", "method.update=split"]),
     "afd-r32": ("AFD, official update, rank 32", ["method=afd", "method.disentangler_size=32"]),
     "afd-r8": ("AFD, official update, rank 8", ["method=afd", "method.disentangler_size=8"]),

@@ -341,3 +341,7 @@ def figures(experiment_dir: str, trials: pd.DataFrame, epochs: pd.DataFrame) -> 
             "hyperparameters": plot_hyperparameters(trials),
             "importances": plot_importances(importances(experiment_dir)), "cost": plot_cost(trials)}
 
+
+def points(fraction: float) -> str:
+    """A signed difference in percentage points, one decimal, with no '-0.0'."""
+    return f"{100 * fraction + 0.0:+.1f}".replace("-0.0", "+0.0")

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from raygap import data
-from raygap.config import Norm
 from raygap.errors import UserError
+from raygap.schema import Norm
 
 Attack = Callable[[Callable, torch.Tensor, torch.Tensor], torch.Tensor]
 NORMS = {Norm.linf: "Linf", Norm.l2: "L2"}  # raygap's names, and AutoAttack's and RobustBench's

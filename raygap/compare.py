@@ -24,10 +24,16 @@ from pathlib import Path
 import pyarrow as pa
 from omegaconf import DictConfig, OmegaConf
 
-from raygap import results, storage
-from raygap.config import as_dict, digest, method_defaults, validate
+from raygap import results, runner, searcher, storage, tune
+from raygap.analysis import arm_summary, paired_interval, points
+from raygap.cli import entry_point
+from raygap.config import method_defaults, validate
 from raygap.errors import UserError
 from raygap.lock import DriverLock
+from raygap.loop import Job
+from raygap.methods import METHODS, from_scratch
+from raygap.schema import RaygapConfig, as_dict, digest
+from raygap.tune import pop_search
 
 DEFAULT_SEARCH = "defences"
 # The settings every arm shares: a space that searched them per method would give methods different
@@ -62,8 +68,6 @@ def comparison_name(cfg, search: str) -> str:
 
 def plan(cfg, search: str) -> list[Arm]:
     """Every arm's config, validated; bad input is refused here with one line, before Ray starts."""
-    from raygap.methods import METHODS
-
     space = as_dict(cfg.tune.space)
     offered = (space.get("method") or {}).get("values")
     if space.get("method", {}).get("type") != "choice":
@@ -124,9 +128,6 @@ def own_space(space: dict, method: str) -> dict:
 def arm_config(cfg, method: str, seed: int, space: dict) -> DictConfig:
     """The config of one arm: the method at its defaults for this data, this seed for the searcher and for
     training, its own space, its finalist chosen on validation alone (top_k 1); validated."""
-    from raygap.config import RaygapConfig
-    from raygap.methods import METHODS
-
     plain = as_dict(cfg)
     plain.pop("method")
     plain["tune"]["space"] = space
@@ -143,9 +144,6 @@ def arm_config(cfg, method: str, seed: int, space: dict) -> DictConfig:
 
 def run(cfg, search: str = DEFAULT_SEARCH) -> dict:
     """Run (or resume) the comparison; returns its tables as pandas DataFrames and where they are."""
-    from raygap import runner, searcher, tune
-    from raygap.methods import from_scratch
-
     arms = plan(cfg, search)
     name = comparison_name(cfg, search)
     folder = storage.join(cfg.storage, name)
@@ -177,10 +175,6 @@ def run(cfg, search: str = DEFAULT_SEARCH) -> dict:
 
 def run_untuned(arm: Arm, arm_dir: str) -> None:
     """Train the arm's method once at its defaults and evaluate it as a finalist (skipping what is done)."""
-    from raygap import runner, tune
-    from raygap.loop import Job
-    from raygap.methods import from_scratch
-
     run_dir = storage.join(arm_dir, "runs", "untuned")
     model = storage.join(run_dir, "model.pt")
     if not storage.exists(model):
@@ -222,8 +216,6 @@ def arm_row(arm: Arm, arm_dir: str) -> tuple[dict, object]:
 def tables(cfg, name: str, folder: str, arms: list[Arm]) -> dict:
     """Write and print the arms and the paired differences of every pair of arms; returns them."""
     import pandas as pd
-
-    from raygap.analysis import paired_interval
 
     rows, masks = [], {}
     for arm in arms:
@@ -276,8 +268,6 @@ def print_tables(arms, differences, seeds: list) -> None:
     in clean accuracy; which arm is the most robust, by how much, and whether the interval excludes zero."""
     import pandas as pd
 
-    from raygap.analysis import arm_summary
-
     tests = [c for c in arms.columns if c.startswith("test_")]
     board = arm_summary(arms)
     board[tests] = (100 * board[tests]).round(1)
@@ -307,11 +297,6 @@ def print_tables(arms, differences, seeds: list) -> None:
     print(f"\nmost robust (worst case over the attacks, on the test images): {best}: " + "; ".join(margins), flush=True)
 
 
-def points(fraction: float) -> str:
-    """A signed difference in percentage points, one decimal, with no '-0.0'."""
-    return f"{100 * fraction + 0.0:+.1f}".replace("-0.0", "+0.0")
-
-
 def _short_keys(override: str) -> str:
     """methods=, seeds=, untuned= and resamples= are short for compare.*."""
     key = override.split("=", 1)[0]
@@ -319,9 +304,6 @@ def _short_keys(override: str) -> str:
 
 
 def main():
-    from raygap.cli import entry_point
-    from raygap.tune import pop_search
-
     search, sys.argv[1:] = pop_search(sys.argv[1:], DEFAULT_SEARCH)
     entry_point(lambda cfg: run(cfg, search), last_line=lambda result: result["folder"], doc=__doc__,
                 config_name=search, rewrite=_short_keys)

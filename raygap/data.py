@@ -1,7 +1,8 @@
 """Data sets as uint8 NCHW tensors, seeded train/validation/test splits, and device-resident batching.
 
 Every loader returns uint8 images; they become floats in [0, 1] on the training device, batch by
-batch. The validation split is carved from the training data with `data.split_seed`; the test split
+batch. The validation split is carved from the training data with `data.split_seed` (none with
+`data.val_fraction=0`: the per-epoch figures are then on training images); the test split
 is the data set's official one where it has one, else carved first, and is never used to choose anything.
 """
 
@@ -12,6 +13,7 @@ import json
 import math
 import os
 import pickle
+import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,7 +25,7 @@ import torch.nn.functional as F
 
 from raygap.errors import UserError
 
-DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "folder", "npz")
+DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "tiny_imagenet", "folder", "npz")
 
 
 @dataclass
@@ -181,17 +183,20 @@ def _decode(path: Path) -> np.ndarray:
         raise UserError(f"cannot decode image {path}: {err}; replace or remove it") from None
 
 
-def _cached_tree(part: Path, cache_dir: Path) -> tuple[np.ndarray, np.ndarray, list]:
+def _cached_tree(part: Path, cache_dir: Path, scanned: tuple | None = None) -> tuple[np.ndarray, np.ndarray, list]:
     """(images N x C x H x W uint8, labels, classes) of one tree, decoded once and then read from a cache.
 
-    The cache is keyed by the tree's contents (every file's path, size and modification time), so a
-    changed tree is decoded again; it is written whole (a temporary file, then a rename) into
-    `cache_dir`, and the tree's older caches are removed."""
-    classes, samples = _scan(part)
+    `scanned` is (classes, [(image path, class index)]) for a tree not laid out as an ImageFolder
+    (default: `_scan(part)`). The cache is keyed by the tree's contents (every file's path, size and
+    modification time, and the labels where they do not follow from the path), so a changed tree is
+    decoded again; it is written whole (a temporary file, then a rename) into `cache_dir`, and the
+    tree's older caches are removed."""
+    classes, samples = scanned or _scan(part)
     stats = [p.stat() for p, _ in samples]
     listing = [(str(p.relative_to(part)), st.st_size, st.st_mtime_ns) for (p, _), st in zip(samples, stats)]
     tree = f"{part.name}-{_digest(str(part.resolve()))}"  # one tree's caches, old and new
-    cache = cache_dir / f"{tree}-{_digest(json.dumps([classes, listing]))}.npz"
+    key = [classes, listing] + ([[label for _, label in samples]] if scanned else [])
+    cache = cache_dir / f"{tree}-{_digest(json.dumps(key))}.npz"
     if cache.is_file():
         try:
             with np.load(cache) as saved:
@@ -225,6 +230,98 @@ def _cached_tree(part: Path, cache_dir: Path) -> tuple[np.ndarray, np.ndarray, l
     for old in stale:
         old.unlink(missing_ok=True)
     return x, y, classes
+
+
+TINY_IMAGENET = ("http://cs231n.stanford.edu/tiny-imagenet-200.zip", "90528d7ca1a48142e341f4ef8d21d0de")  # URL, MD5
+
+
+def _tiny_imagenet(cfg):
+    """The official Tiny-ImageNet archive, unzipped: tiny-imagenet-200/ with wnids.txt (the 200 classes),
+    train/<wnid>/images/*.JPEG and val/images/*.JPEG labelled by val/val_annotations.txt. The val images
+    are the test split, as the AFD paper reports on them (test/ has no labels). Classes are the sorted
+    wnids, the official code's order. data.root is that folder or the one holding it (or its zip)."""
+    root = _tiny_root(cfg)
+    wnids_file = root / "wnids.txt"
+    wnids = [line.strip() for line in wnids_file.read_text().splitlines() if line.strip()]
+    classes = sorted(set(wnids))
+    index = {wnid: i for i, wnid in enumerate(classes)}
+    train_samples = []
+    for folder in sorted(p for p in (root / "train").iterdir() if p.is_dir()):
+        if folder.name not in index:
+            raise UserError(f"{folder} is not a class of {wnids_file}; remove the folder or add '{folder.name}' "
+                            f"to wnids.txt")
+        train_samples += [(path, index[folder.name]) for path in _jpegs(folder / "images")]
+    missing = sorted(set(classes) - {p.name for p in (root / "train").iterdir()})
+    if missing:
+        raise UserError(f"{root / 'train'} has no folder for {missing[0]} of {wnids_file}; the archive is incomplete")
+    annotations = root / "val" / "val_annotations.txt"
+    if not annotations.is_file():
+        raise UserError(f"{annotations} is missing: it labels the val images; unzip the whole archive again")
+    labels = {}
+    for number, line in enumerate(annotations.read_text().splitlines(), 1):
+        fields = line.split("\t")
+        if len(fields) < 2 or fields[1] not in index:
+            raise UserError(f"{annotations} line {number} names no class of {wnids_file}: '{line.strip()}'")
+        labels[fields[0]] = index[fields[1]]
+    val_samples = []
+    for path in _jpegs(root / "val" / "images"):
+        if path.name not in labels:
+            raise UserError(f"{path} has no line in {annotations}; remove the image or annotate it")
+        val_samples.append((path, labels[path.name]))
+    cache_dir = _cache_dir(root)
+    train = _cached_tree(root / "train", cache_dir, (classes, train_samples))
+    val = _cached_tree(root / "val", cache_dir, (classes, val_samples))
+    return (train[0], train[1]), (val[0], val[1])
+
+
+def _jpegs(folder: Path) -> list:
+    if not folder.is_dir():
+        raise UserError(f"{folder} is missing; Tiny-ImageNet keeps each class's images in <class>/images/")
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
+def _tiny_root(cfg) -> Path:
+    """The unzipped archive's folder under data.root: found, extracted from the zip lying there, or (with
+    data.download=true) downloaded; the zip's MD5 is checked before anything is extracted."""
+    import zipfile
+
+    given = Path(cfg.root)
+    for candidate in (given, given / "tiny-imagenet-200"):
+        if (candidate / "wnids.txt").is_file():
+            return candidate
+    url, md5 = TINY_IMAGENET
+    archive = given / "tiny-imagenet-200.zip"
+    if not archive.is_file() and cfg.download:
+        from torchvision.datasets.utils import download_url
+
+        try:
+            download_url(url, str(given), archive.name)
+        except OSError as err:
+            raise UserError(f"cannot download {url} ({err}); offline, put tiny-imagenet-200.zip or its unzipped "
+                            f"folder in {given}") from None
+    if archive.is_file():
+        with open(archive, "rb") as fh:
+            digest = hashlib.file_digest(fh, "md5").hexdigest()
+        if digest != md5:
+            raise UserError(f"{archive} is not the official archive (MD5 {digest}, expected {md5}); delete it and "
+                            f"fetch it again from {url}")
+        print(f"extracting {archive} into {given}", flush=True)
+        partial = Path(tempfile.mkdtemp(dir=given, prefix=".tiny-imagenet-200-"))  # whole or not at all
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                zf.extractall(partial)
+            os.replace(partial / "tiny-imagenet-200", given / "tiny-imagenet-200")
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+        return given / "tiny-imagenet-200"
+    if (given / "cifar-10-batches-py").is_dir() or (given / "cifar-100-python").is_dir():
+        raise UserError(f"data.root {given} holds CIFAR, not Tiny-ImageNet; use data=cifar10 or data=cifar100, "
+                        f"or point data.root at the unzipped tiny-imagenet-200/")
+    if given.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in given.iterdir()):
+        raise UserError(f"data.root {given} is not the Tiny-ImageNet archive's layout (wnids.txt, "
+                        f"train/<wnid>/images/, val/val_annotations.txt); an ImageFolder tree is data=folder")
+    raise UserError(f"Tiny-ImageNet not found at {given} (expected tiny-imagenet-200/ with wnids.txt, or "
+                    f"tiny-imagenet-200.zip); download {url} there and unzip it, or set data.download=true")
 
 
 def _digest(text: str) -> str:
@@ -280,6 +377,7 @@ LOADERS = {
     "cifar10": lambda cfg: _cifar(cfg, 10),
     "cifar100": lambda cfg: _cifar(cfg, 100),
     "svhn": _svhn,
+    "tiny_imagenet": _tiny_imagenet,
     "folder": _folder,
     "npz": _npz,
 }
@@ -314,7 +412,10 @@ def load(cfg) -> Dataset:
     keep, held = _split(len(y), cfg.val_fraction, generator)
     if cfg.train_n:
         keep = keep[:cfg.train_n]  # keep is a seeded permutation: its head is a random subset
-    train_split, val_split = Split(x[keep], y[keep]), Split(x[held], y[held])
+    train_split = Split(x[keep], y[keep])
+    # val_fraction 0 (a paper protocol: every training image is trained on): the per-epoch figures are
+    # measured on training images, for monitoring; config.validate lets nothing be chosen on them
+    val_split = Split(x[held], y[held]) if len(held) else train_split
     num_classes = int(max(y.max(), test_split.y.max())) + 1
     if min(len(train_split), len(val_split), len(test_split)) == 0:
         raise UserError(f"data set '{cfg.name}' is too small for its splits "

@@ -9,12 +9,11 @@ it also writes RobustBench's `model_info` JSON beside it.
 
 from __future__ import annotations
 
+from raygap.cli import entry_point
 from raygap.robustness import evaluate_checkpoint
 
 
 def main():
-    from raygap.cli import entry_point
-
     entry_point(evaluate_checkpoint, last_line=lambda result: result["out"], doc=__doc__)
 
 

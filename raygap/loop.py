@@ -26,11 +26,12 @@ from torch import nn
 from raygap import checkpoint as ckpt
 from raygap import data, faults, results, storage
 from raygap.attacks import autocast, correct_count, make_attack
-from raygap.config import from_dict
 from raygap.errors import Diverged
 from raygap.methods import METHODS, params_of
 from raygap.methods.base import Objective
 from raygap.models import build_model, forward_flops
+from raygap.progress import eta
+from raygap.schema import from_dict
 
 # Dense tensor-core peak FLOP/s (bf16, tf32) of common GPUs, for model FLOP utilisation (MFU). fp32 runs
 # count against the TF32 peak: PyTorch runs fp32 convolutions in TF32 by default (cudnn.allow_tf32).
@@ -404,12 +405,12 @@ def validation(cfg, dataset: data.Dataset, rank: int, world: int, device) -> Val
 def _print_progress(label: str, row: dict, history: list, epochs: int):
     done = len(history)
     seconds = sum(r["wall_seconds"] for r in history[-3:]) / min(3, done)
-    eta = time.strftime("%H:%M:%S", time.gmtime(seconds * (epochs - row["epoch"])))
+    left = eta(seconds * (epochs - row["epoch"]))
     # sys.stdout.write, not print: Ray Train workers patch print to log each line twice
     kept = f" (kept: epoch {row['kept_epoch']})" if row["kept_epoch"] != row["epoch"] else ""
     sys.stdout.write(f"[{label}] epoch {row['epoch']}/{epochs}  loss {row.get('loss', float('nan')):.4f}  "
                      f"val clean {row['clean_acc']:.3f}  robust {row['robust_acc']:.3f} ± {row['robust_se']:.3f}{kept}  "
-                     f"{row['images_per_s']:.0f} img/s  eta {eta}\n")
+                     f"{row['images_per_s']:.0f} img/s  eta {left}\n")
     sys.stdout.flush()
 
 

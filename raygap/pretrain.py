@@ -11,6 +11,7 @@ its last line.
 from __future__ import annotations
 
 from raygap import runner
+from raygap.cli import entry_point
 
 
 def _train_is_pretrain(override: str) -> str:
@@ -18,8 +19,6 @@ def _train_is_pretrain(override: str) -> str:
 
 
 def main():
-    from raygap.cli import entry_point
-
     entry_point(runner.natural_model, last_line=lambda result: result["checkpoint"], doc=__doc__,
                 rewrite=_train_is_pretrain)
 

@@ -10,9 +10,12 @@ from pathlib import Path
 from ray.tune import Callback
 
 from raygap import results, storage, study
-from raygap.config import as_dict, trial_config
+from raygap.config import trial_config
 from raygap.errors import StorageError
+from raygap.progress import eta
 from raygap.ray_compat import trial_error_file
+from raygap.runner import worker_error
+from raygap.schema import as_dict
 
 
 class Recorder(Callback):
@@ -146,14 +149,14 @@ class Recorder(Callback):
         pick = max if self.objective.mode == "max" else min
         best = pick(scored, key=lambda r: r[self.objective.metric]) if scored else None
         # The pace of this driver: a resumed search's earlier trials ended before it started
-        eta = (time.time() - self.started) / max(len(self.ended_now), 1) * (self.num_samples - finished)
+        left = (time.time() - self.started) / max(len(self.ended_now), 1) * (self.num_samples - finished)
         print(f"[search] trial {trial_id} {row['status']} after {row.get('epochs') or 0} epochs: "
               f"clean {row.get('kept_clean_acc') or 0:.3f} robust {row.get('kept_robust_acc') or 0:.3f} "
               f"(epoch {row.get('kept_epoch') or 0}) | "
               f"{finished}/{self.num_samples} done ({counts['completed']} completed, {counts['stopped_early']} "
               f"stopped early, {counts['failed']} failed), {counts['running']} running | best "
               + (f"{self.objective.metric} {best[self.objective.metric]:.3f} ({best['trial_id']})" if best else "-")
-              + f" | eta {time.strftime('%H:%M:%S', time.gmtime(eta))}", flush=True)
+              + f" | eta {eta(left)}", flush=True)
 
 
 def _trial_error(trial):
@@ -168,8 +171,6 @@ def _trial_error(trial):
         return None
     with open(path, "rb") as fh:
         error = cloudpickle.load(fh)
-    from raygap.runner import worker_error
-
     while (getattr(error, "cause", None) or error.__cause__) is not None:  # RayTaskError keeps it in .cause
         error = getattr(error, "cause", None) or error.__cause__
     return worker_error(error)

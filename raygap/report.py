@@ -16,6 +16,7 @@ import json
 import pandas as pd
 
 from raygap import analysis, storage
+from raygap.cli import entry_point
 from raygap.errors import UserError
 
 # Each figure's heading and what to read from it, in the page's order.
@@ -129,16 +130,14 @@ def _figure(key: str, heading: str, caption: str) -> str:
 def comparison_page(folder: str) -> str:
     """The page of a `raygap.compare` folder: each arm's test figures, the paired differences with their
     intervals, the figures, each tuned arm's hyperparameter importance, and where each arm's search lies."""
-    from raygap.compare import points
-
     arms, differences, _ = analysis.load_comparison(folder)
     name = folder.rstrip("/").rsplit("/", 1)[-1]
     out = storage.join(folder, "report")
     board = analysis.arm_summary(arms).reset_index()
     shown = differences.assign(measure=differences.measure.replace("robust", "worst case"),
-                               difference=differences.difference.map(points),
-                               interval=[f"[{points(lo)}, {points(hi)}]" for lo, hi in zip(differences.low,
-                                                                                          differences.high)])
+                               difference=differences.difference.map(analysis.points),
+                               interval=[f"[{analysis.points(lo)}, {analysis.points(hi)}]"
+                                         for lo, hi in zip(differences.low, differences.high)])
     seeds, n = arms.seed.nunique(), int(arms.examples.iloc[0])
     summary = (f"{arms[arms.tuned].arm.nunique()} methods searched at the same budget ({int(arms[arms.tuned].trials.iloc[0])} "
                f"trials each), {arms[~arms.tuned].arm.nunique()} untuned, over {seeds} seed{'s' * (seeds > 1)}; every "
@@ -209,8 +208,6 @@ def run(cfg) -> str:
 
 
 def main():
-    from raygap.cli import entry_point
-
     entry_point(run, last_line=str, doc=__doc__)
 
 

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from raygap import storage
 from raygap.errors import UserError
+from raygap.schema import RaygapConfig
 
 # clean_se, robust_se: binomial standard errors of the validation figures; kept_*: the figures of the epoch
 # the run would export if it ended now (train.keep); finished_at: Unix time at the end of the epoch
@@ -66,8 +67,6 @@ def _fields(cls, prefix: str) -> dict:
 @lru_cache(maxsize=None)
 def config_fields() -> tuple:
     """(column, arrow type) for every config key of every method, in a stable order."""
-    from raygap.config import RaygapConfig
-
     return tuple(sorted(_fields(RaygapConfig, "").items()))
 
 

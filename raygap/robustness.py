@@ -17,6 +17,7 @@ from raygap import checkpoint as ckpt
 from raygap import data, storage
 from raygap.attacks import NORMS, AutoAttackLog, accuracy_key, correct_mask, describe, make_attack
 from raygap.errors import UserError
+from raygap.progress import eta
 
 
 def worst_case(model, split: data.Split, attacks: dict, batch_size: int, seed: int, progress=print) -> dict:
@@ -43,8 +44,8 @@ def worst_case(model, split: data.Split, attacks: dict, batch_size: int, seed: i
         def batch_done(done, name=name, start=start):
             if done < len(index):
                 elapsed = time.perf_counter() - start
-                eta = time.strftime("%H:%M:%S", time.gmtime(elapsed / done * (len(index) - done)))
-                progress(f"  {name:<12} {done} of {len(index)} attacked ({elapsed:.1f} s)  eta {eta}")
+                left = eta(elapsed / done * (len(index) - done))
+                progress(f"  {name:<12} {done} of {len(index)} attacked ({elapsed:.1f} s)  eta {left}")
 
         survived = clean.clone()
         if attack is not None:
@@ -144,7 +145,4 @@ def evaluate_checkpoint(cfg) -> dict:
         missing = [key for key in ("link", "name", "authors", "venue") if not cfg.eval.info[key]]
         print(f"RobustBench model_info: {info_path}" + (f" (fill in {', '.join(missing)}, or give them as "
               f"eval.info.<key>=...)" if missing else ""), flush=True)
-        if n < len(test):
-            print(f"  note: RobustBench reports the whole test split; this is the first {n} of {len(test)} "
-                  f"(eval.n=0 for all)", flush=True)
     return result

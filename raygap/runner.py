@@ -28,9 +28,10 @@ import torch
 from omegaconf import OmegaConf
 
 from raygap import checkpoint, storage
-from raygap.config import as_dict, digest
 from raygap.errors import UserError
 from raygap.loop import Job, train_loop
+from raygap.ray_compat import max_cluster_resources
+from raygap.schema import as_dict, digest
 
 # --- Ray ------------------------------------------------------------------------------------------
 
@@ -80,7 +81,6 @@ def check_resources(need: dict, per_worker: dict) -> None:
         _refuse(per_worker, have, "this machine")
         return
     connect()
-    from raygap.ray_compat import max_cluster_resources
 
     maximum = max_cluster_resources()
     if maximum:

@@ -11,8 +11,8 @@ from omegaconf import OmegaConf
 from ray.tune.search.optuna import OptunaSearch
 
 from raygap import ray_compat, results, storage, study
-from raygap.config import as_dict
 from raygap.errors import UserError
+from raygap.schema import as_dict
 
 
 def suggest(trial, space: dict) -> None:

@@ -20,7 +20,9 @@ from pathlib import Path
 from ray.tune import Callback
 
 from raygap import results, storage
+from raygap.config import trial_config
 from raygap.errors import UserError
+from raygap.schema import as_dict
 
 TRIAL_TAG = "raygap.trial_id"
 
@@ -97,8 +99,6 @@ class MLflowTracker(Callback):
     @_never_stops_the_search
     def on_trial_start(self, iteration, trials, trial, **info):
         from mlflow.entities import Param
-
-        from raygap.config import as_dict, trial_config
 
         run_id = self.run_id(trial.trial_id)
         if self.client.get_run(run_id).data.params:

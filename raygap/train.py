@@ -10,14 +10,15 @@ at once when it is finished.
 from __future__ import annotations
 
 from raygap import checkpoint, runner, storage
-from raygap.config import as_dict, digest
+from raygap.cli import entry_point
 from raygap.loop import Job
 from raygap.methods import from_scratch
+from raygap.schema import as_dict, name_digest
 
 
 def run_name(cfg) -> str:
     """The run's folder name: `name` when given, else derived from the whole config (so re-runs find it)."""
-    return cfg.name or f"{cfg.method.name}-{cfg.data.name}-{cfg.model.name}-{digest(cfg)}"
+    return cfg.name or f"{cfg.method.name}-{cfg.data.name}-{cfg.model.name}-{name_digest(cfg)}"
 
 
 def run(cfg) -> dict:
@@ -39,8 +40,6 @@ def run(cfg) -> dict:
 
 
 def main():
-    from raygap.cli import entry_point
-
     entry_point(run, last_line=lambda result: result["checkpoint"], doc=__doc__)
 
 

@@ -21,11 +21,17 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from raygap import ray_compat, results, searcher, storage, study, trackers
-from raygap.config import as_dict, digest, trial_config
+from raygap import ray_compat, results, runner, searcher, stopping, storage, study, trackers
+from raygap.analysis import how_to_open, leaderboard, pareto_front
+from raygap.cli import entry_point
+from raygap.config import trial_config
 from raygap.errors import StorageError, UserError
 from raygap.lock import DriverLock
+from raygap.loop import Job
+from raygap.methods import from_scratch
 from raygap.recorder import Recorder
+from raygap.robustness import evaluate_checkpoint
+from raygap.schema import as_dict, name_digest
 from raygap.searcher import suggest  # noqa: F401  (searches begun before 2026-11-24 pickled raygap.tune.suggest)
 
 DEFAULT_SEARCH = "afd"
@@ -33,7 +39,7 @@ DEFAULT_SEARCH = "afd"
 
 def experiment_name(cfg, search: str) -> str:
     """`name` when given, else derived from the search space and the whole config (so re-runs find it)."""
-    return cfg.name or f"{Path(search).stem}-{cfg.data.name}-{cfg.model.name}-{digest(cfg)}"
+    return cfg.name or f"{Path(search).stem}-{cfg.data.name}-{cfg.model.name}-{name_digest(cfg)}"
 
 
 def run_trial(config: dict) -> None:
@@ -41,10 +47,6 @@ def run_trial(config: dict) -> None:
     Tune via TuneReportCallback; with train.workers = 0 the trial's own process trains and reports."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
-
-    from raygap import runner
-    from raygap.loop import Job
-    from raygap.methods import from_scratch
 
     runner.free_memory()  # a reused process: the previous trial's memory back before this one allocates
     trial_id = ray.tune.get_context().get_trial_id()
@@ -84,8 +86,6 @@ def run(cfg, search: str = DEFAULT_SEARCH) -> dict:
     before any Ray process starts."""
     from ray.tune import Tuner  # importing Ray starts nothing
 
-    from raygap import runner
-
     if not cfg.tune.space:
         raise UserError(f"search space '{search}' has no tune.space; choose a search space with search=<name>")
     experiment = experiment_name(cfg, search)
@@ -108,9 +108,6 @@ def _search(cfg, search: str, experiment: str, experiment_dir: str, own: dict, r
             warm: searcher.WarmStart | None) -> dict:
     import ray.tune
     from ray.tune import FailureConfig, RunConfig, TuneConfig, Tuner
-
-    from raygap import runner, stopping
-    from raygap.methods import from_scratch
 
     runner.connect()
     print(f"search '{search}': {cfg.tune.num_samples} trials of {cfg.method.name} on {cfg.data.name} with "
@@ -216,8 +213,6 @@ def _evaluate(cfg):
     laptop default's finalist: 134 s on one, 75 s on two cores)."""
     import torch
 
-    from raygap.robustness import evaluate_checkpoint
-
     torch.set_num_threads(os.cpu_count() or 1)
     with contextlib.redirect_stdout(io.StringIO()) as table:
         result = evaluate_checkpoint(cfg)
@@ -227,8 +222,6 @@ def _evaluate(cfg):
 def summary(cfg, experiment_dir: str) -> dict:
     """Print the leaderboard, the Pareto front and where the tables are; return them."""
     import pandas as pd
-
-    from raygap.analysis import how_to_open, leaderboard, pareto_front
 
     frame = results.read_table(experiment_dir, "trials")
     if frame.empty:
@@ -263,8 +256,6 @@ def pop_search(argv: list, default: str = DEFAULT_SEARCH) -> tuple[str, list]:
 
 
 def main():
-    from raygap.cli import entry_point
-
     search, sys.argv[1:] = pop_search(sys.argv[1:])
     entry_point(lambda cfg: run(cfg, search), last_line=lambda result: result["experiment_dir"], doc=__doc__,
                 config_name=search)

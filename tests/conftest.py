@@ -28,6 +28,33 @@ def cifar_tree(tmp_path):
     return tree
 
 
+def tiny_imagenet_tree(tmp_path, classes: int = 3, train_per_class: int = 6, val_per_class: int = 2):
+    """The official Tiny-ImageNet layout (wnids.txt, train/<wnid>/images/, val/images/ labelled by
+    val/val_annotations.txt) made of real photographs: the shipped CIFAR-10 JPEGs resized to 64x64."""
+    from PIL import Image
+
+    root = tmp_path / "tiny-imagenet-200"
+    sources = sorted(d for d in CIFAR_SAMPLE.joinpath("train").iterdir() if d.is_dir())[:classes]
+    wnids = [f"n{index:08d}" for index in range(classes)]
+    (root / "val" / "images").mkdir(parents=True)
+    (root / "wnids.txt").write_text("".join(f"{w}\n" for w in reversed(wnids)))  # not sorted, as the archive's
+    annotations = []
+    for wnid, source in zip(wnids, sources):
+        images = sorted(source.iterdir())[:train_per_class + val_per_class]
+        (root / "train" / wnid / "images").mkdir(parents=True)
+        (root / "train" / wnid / f"{wnid}_boxes.txt").write_text("")  # the archive has one per class
+        for i, path in enumerate(images):
+            image = Image.open(path).convert("RGB").resize((64, 64))
+            if i < train_per_class:
+                image.save(root / "train" / wnid / "images" / f"{wnid}_{i}.JPEG")
+            else:
+                name = f"val_{wnid}_{i}.JPEG"
+                image.save(root / "val" / "images" / name)
+                annotations.append(f"{name}\t{wnid}\t0\t0\t63\t63\n")
+    (root / "val" / "val_annotations.txt").write_text("".join(annotations))
+    return root
+
+
 # Modules whose tests start Ray (a cluster, a search) or run commands end to end.
 SLOW_MODULES = {"test_analysis", "test_cluster", "test_ray_train", "test_reliability", "test_resume", "test_tune",
                 "test_protocols", "test_object_storage"}

@@ -1,5 +1,7 @@
 """Bad input through the real command line: one clear line on stderr, exit status 2, nothing written."""
 
+import re
+
 import pytest
 
 from conftest import run_cli
@@ -17,8 +19,8 @@ BAD = [
     (["data=cifar10", "data.root=/nonexistent"], "data.download=true"),
     (["name=../escape"], "stays inside storage"),
     (["method=afd", "method.disentangler_size=0"], "method.disentangler_size must be >= 1"),
-    (["train.compile=maybe"], "train.compile must be auto, true or false"),
-    (["train.precision=fp16"], "train.precision 'fp16' is unknown; choose one of: auto, bf16, fp32"),
+    (["train.compile=maybe"], "pretrain.compile must be auto, true or false"),  # the command trains pretrain.*
+    (["train.precision=fp16"], "pretrain.precision 'fp16' is unknown; choose one of: auto, bf16, fp32"),
     (["data.resident=disk"], "data.resident 'disk' is unknown; choose one of: auto, device, host"),
     (["eval.attacks=[clean,deepfool]"], "unknown attack 'deepfool'"),
     (["eval.val_attack=apgd"], "unknown attack 'apgd'"),
@@ -26,9 +28,13 @@ BAD = [
     (["eval.eps=2"], "covers the whole [0, 1] pixel range"),
     (["eval.format=csv"], "eval.format 'csv' is unknown; choose one of: raygap, robustbench"),
     (["eval.format=robustbench", "eval.attacks=[clean,pgd20]"], "add autoattack to eval.attacks"),
+    (["eval.format=robustbench", "eval.n=500"], "eval.format=robustbench reports the whole test split, and eval.n=500 evaluates part of it: set eval.n=0"),
+    (["recipe=trades_paper", "model=resnet18"], "model=resnet18 departs from recipe=trades_paper, which trains the paper's model=wrn34_10"),
+    (["data.val_fraction=0"], "train.keep=best chooses the epoch on validation, and data.val_fraction=0 leaves none"),
+    (["data.val_fraction=1"], "data.val_fraction must lie in [0, 1) (0: no validation split), got 1.0"),
     (["eval.info.reported=high"], "eval.info.reported must be a percentage such as 47.40"),
-    (["method=afd", "method.update=triple"], "method.update 'triple' is unknown; choose one of: official, split"),
-    (["train.schedule=onecycle"], "train.schedule 'onecycle' is unknown; choose one of: step, afd, cosine, constant"),
+    (["method=afd", "method.update=triple"], "method.update 'triple' is unknown; choose one of: official, official_torch2, split"),
+    (["train.schedule=onecycle"], "pretrain.schedule 'onecycle' is unknown; choose one of: step, afd, cosine, constant"),
     (["recipe=madry"], "unknown recipe 'madry'; choose one of: afd_paper, mart_paper, trades_paper"),
     (["init=imagenet"], "init 'imagenet' is unknown; choose one of: auto, pretrained, scratch"),
 ]
@@ -41,7 +47,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("raygap: error:"), proc.stderr
-    assert message in lines[0]
+    assert re.search(r"(^|\s)" + re.escape(message), lines[0]), lines[0]  # whole: not inside a longer key
     assert "Traceback" not in proc.stderr
     assert not storage.exists()
 
@@ -50,8 +56,9 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     (["method.sigma=-1"], "method.sigma must be >= 0, got -1.0"),
     (["method.alpha=high"], "method.alpha: Value 'high' of type 'str' could not be converted to Float"),
     (["method.align_weight=-50"], "method.align_weight must be >= 0, got -50.0"),
+    (["data.val_fraction=0"], "data.val_fraction=0 leaves no validation split, and a search ranks its trials on one"),
 ])
-def test_bad_afd_weights_in_the_cifar100_search_are_refused(tmp_path, args, message):
+def test_bad_input_to_the_cifar100_search_is_refused(tmp_path, args, message):
     storage = tmp_path / "results"
     proc = run_cli("tune", "search=afd_cifar100", f"storage={storage}", *args)
     assert proc.returncode == 2
@@ -100,3 +107,32 @@ def test_a_search_space_file_named_like_the_one_it_builds_on_is_one_line(tmp_pat
         "raygap: error: search space 'afd' includes itself through its defaults: a file named like the search "
         "space it builds on hides it; rename the file"]
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.slow  # builds and installs a wheel
+def test_a_built_wheel_runs_a_command_from_another_directory(tmp_path):
+    """`pip install .` (not editable) must carry search_spaces/: the wheel is built, installed without
+    the checkout on the path, and a command run from an unrelated folder composes every shipped config."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    checkout = Path(__file__).resolve().parent.parent
+    wheels, target, elsewhere = tmp_path / "wheels", tmp_path / "site", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, "wheel", str(checkout), "--no-deps", "--no-build-isolation", "-w", str(wheels)],
+                   check=True, capture_output=True)
+    (wheel,) = wheels.glob("raygap-*.whl")
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(target), str(wheel)], check=True, capture_output=True)
+    env = dict(os.environ, PYTHONPATH=str(target), RAY_AUTH_MODE="disabled")  # ahead of the editable checkout
+    code = ("import raygap, raygap.config as c; print(raygap.__file__); print(c.config_dir()); "
+            "[c.load(['storage=/tmp/unused', 'data.root=/tmp/unused'], p.stem) for p in sorted(c.config_dir().glob('*.yaml')) if p.stem != 'raygap']")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    package, configs = proc.stdout.split()[:2]
+    assert package.startswith(str(target)) and configs == str(target / "raygap" / "search_spaces")
+    trained = subprocess.run([sys.executable, "-m", "raygap.train", "--cfg", "recipe=afd_paper", "data=tiny_imagenet"],
+                             cwd=elsewhere, env=env, capture_output=True, text=True)
+    assert trained.returncode == 0 and "recipe: afd_paper" in trained.stdout, trained.stderr

@@ -1,6 +1,7 @@
 """Each loader reads a small fixture written in the data set's real on-disk format."""
 
 import pickle
+import re
 import shutil
 import struct
 
@@ -13,7 +14,7 @@ from PIL import Image
 from raygap import data
 from raygap.errors import UserError
 
-from conftest import CIFAR_SAMPLE, cifar_tree, load
+from conftest import CIFAR_SAMPLE, cifar_tree, load, run_cli, tiny_imagenet_tree
 
 RNG = np.random.default_rng(0)
 
@@ -70,6 +71,78 @@ def test_cifar100_pickle_files(tmp_path):
             pickle.dump({"data": images(n, 3, 32, 32).reshape(n, -1), "fine_labels": list(range(n))}, fh)
     dataset = data.load(load("data=cifar100", f"data.root={tmp_path}", storage=tmp_path).data)
     assert dataset.num_classes == 50 and len(dataset.test) == 10
+
+
+def test_tiny_imagenet_official_layout_labels_val_images_from_their_annotations(tmp_path):
+    root = tiny_imagenet_tree(tmp_path)
+    for given in (root, root.parent):  # the unzipped folder, or the folder holding it
+        dataset = data.load(load("data=tiny_imagenet", f"data.root={given}", "data.val_fraction=0.25", storage=tmp_path).data)
+        assert dataset.in_shape == (3, 64, 64) and dataset.num_classes == 3
+        assert (len(dataset.train) + len(dataset.val), len(dataset.test)) == (18, 6)  # val/ is the test split
+    # the labels of the test split are the annotations' classes, in sorted-wnid order (wnids.txt is not sorted)
+    lines = (root / "val" / "val_annotations.txt").read_text().splitlines()
+    by_name = {line.split("\t")[0]: int(line.split("\t")[1][1:]) for line in lines}
+    names = sorted(p.name for p in (root / "val" / "images").iterdir())
+    assert dataset.test.y.tolist() == [by_name[name] for name in names]
+    first = np.asarray(Image.open(root / "val" / "images" / names[0]).convert("RGB")).transpose(2, 0, 1)
+    assert torch.equal(dataset.test.x[0], torch.from_numpy(first))
+
+
+def test_a_tiny_imagenet_zip_is_checked_then_extracted_whole(tmp_path, monkeypatch):
+    import hashlib
+    import zipfile
+
+    root = tiny_imagenet_tree(tmp_path / "made")
+    archive = tmp_path / "data" / "tiny-imagenet-200.zip"
+    archive.parent.mkdir()
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted(root.rglob("*")):
+            zf.write(path, path.relative_to(root.parent))
+    # this zip stands in for the official one: its own MD5 is the expected one
+    monkeypatch.setattr(data, "TINY_IMAGENET", (data.TINY_IMAGENET[0], hashlib.md5(archive.read_bytes()).hexdigest()))
+    dataset = data.load(load("data=tiny_imagenet", f"data.root={archive.parent}", storage=tmp_path).data)
+    assert len(dataset.test) == 6 and (archive.parent / "tiny-imagenet-200" / "wnids.txt").is_file()
+    assert not list(archive.parent.glob(".tiny-imagenet-200-*"))  # the temporary extraction is gone
+
+
+def break_tiny(root, how):
+    if how == "annotations":
+        (root / "val" / "val_annotations.txt").unlink()
+        return "val_annotations.txt is missing"
+    if how == "wnid":
+        shutil.copytree(root / "train" / "n00000000", root / "train" / "n99999999")
+        return "n99999999 is not a class of .*wnids.txt"
+    if how == "annotated_wnid":
+        path = root / "val" / "val_annotations.txt"
+        path.write_text(path.read_text().replace("\tn00000001\t", "\tn12345678\t", 1))
+        return "val_annotations.txt line \\d+ names no class of"
+    if how == "damaged":
+        (root / "train" / "n00000002" / "images" / "n00000002_3.JPEG").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+        return "cannot decode image .*n00000002_3.JPEG"
+    if how == "imagefolder":
+        shutil.rmtree(root)
+        shutil.copytree(CIFAR_SAMPLE, root)
+        return "is not the Tiny-ImageNet archive's layout .* an ImageFolder tree is data=folder"
+    if how == "cifar":
+        shutil.rmtree(root)
+        (root / "cifar-10-batches-py").mkdir(parents=True)
+        return "holds CIFAR, not Tiny-ImageNet; use data=cifar10"
+    shutil.rmtree(root)  # a zip that is not the official archive
+    root.mkdir()
+    (root / "tiny-imagenet-200.zip").write_bytes(b"PK\x03\x04 not the archive")
+    return "tiny-imagenet-200.zip is not the official archive \\(MD5 [0-9a-f]{32}, expected 90528d7ca1a48142e341f4ef8d21d0de\\)"
+
+
+@pytest.mark.parametrize("how", ["annotations", "wnid", "annotated_wnid", "damaged", "imagefolder", "cifar", "checksum"])
+def test_a_broken_tiny_imagenet_is_one_line_exit_2_and_nothing_cached(tmp_path, how):
+    root = tiny_imagenet_tree(tmp_path)
+    message = break_tiny(root, how)
+    proc = run_cli("pretrain", "data=tiny_imagenet", f"data.root={root}", f"storage={tmp_path / 'results'}")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert re.search(message, lines[0]), lines[0]
+    assert not list(root.rglob("*.npz")) and not list(root.glob(".tiny-imagenet-200-*"))  # nothing cached or half-extracted
+    assert not (tmp_path / "results").exists()
 
 
 def test_mnist_idx_files(tmp_path):

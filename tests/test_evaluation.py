@@ -12,7 +12,7 @@ from torch import nn
 from conftest import run_cli
 from raygap import checkpoint, data
 from raygap.attacks import AUTOATTACK, AutoAttackLog, make_attack, standard_autoattack
-from raygap.config import ModelInfoConfig
+from raygap.schema import ModelInfoConfig
 from raygap.robustness import model_info, worst_case
 
 ATTACKS = ["clean", "fgsm", "pgd20", "cw", "apgd-ce", "apgd-t", "autoattack"]
@@ -24,9 +24,19 @@ def evaluated(natural_digits, tmp_path_factory):
     """One real `python -m raygap.evaluate` of the natural digits model with every kind of attack."""
     out = tmp_path_factory.mktemp("eval") / "eval.json"
     proc = run_cli("evaluate", f"checkpoint={natural_digits[1]}", f"eval.attacks=[{','.join(ATTACKS)}]",
-                   f"eval.n={N}", f"eval.out={out}", "eval.format=robustbench", "eval.info.name=A natural model")
+                   f"eval.n={N}", f"eval.out={out}")
     assert proc.returncode == 0, proc.stderr
-    return proc, json.loads(out.read_text()), json.loads(out.with_suffix(".model_info.json").read_text())
+    return proc, json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def robustbench(natural_digits, tmp_path_factory):
+    """RobustBench's files are for the whole test split (eval.n=0; part of it is refused, test_cli.py)."""
+    out = tmp_path_factory.mktemp("eval") / "eval.json"
+    proc = run_cli("evaluate", f"checkpoint={natural_digits[1]}", "eval.attacks=[clean,autoattack]", "eval.n=0",
+                   f"eval.out={out}", "eval.format=robustbench", "eval.info.name=A natural model")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(out.read_text()), json.loads(out.with_suffix(".model_info.json").read_text())
 
 
 def test_the_autoattack_that_runs_is_the_standard_version(natural_digits):
@@ -87,7 +97,7 @@ def test_an_attack_over_several_batches_reports_each_with_an_eta():
 
 
 def test_the_json_has_each_attack_the_worst_case_and_how_it_was_run(evaluated):
-    proc, result, _ = evaluated
+    proc, result = evaluated
     assert proc.stdout.strip().splitlines()[-1].endswith("eval.json")
     assert result["method"] == "natural"  # from the checkpoint, not the config's default method
     assert (result["precision"], result["seed"], result["n_examples"]) == ("fp32", 0, N)
@@ -102,7 +112,7 @@ def test_the_json_has_each_attack_the_worst_case_and_how_it_was_run(evaluated):
 
 
 def test_stronger_attacks_find_more_on_a_natural_model(evaluated):
-    _, r, _ = evaluated
+    _, r = evaluated
     # AutoAttack starts with the same APGD-CE (same seed, same points), so it can only do better
     assert r["autoattack_acc"] <= r["apgd_ce_acc"] and r["autoattack_acc"] <= r["apgd_t_acc"]
     # APGD-CE's 100 adaptive steps against PGD-20's 20 fixed ones: not per example, so allow 2 of 100
@@ -128,8 +138,9 @@ def test_standard_autoattack_is_no_weaker_than_torchattacks_port(evaluated, natu
     assert evaluated[1]["autoattack_acc"] <= old_acc + 0.01
 
 
-def test_model_info_is_robustbench_format(evaluated):
-    _, result, info = evaluated
+def test_model_info_is_robustbench_format(robustbench):
+    result, info = robustbench
+    assert result["n_examples"] == 359  # all of the digits' test split
     assert list(info) == ["link", "name", "authors", "additional_data", "number_forward_passes", "dataset", "venue",
                           "architecture", "eps", "clean_acc", "reported", "autoattack_acc", "unreliable"]
     assert info["name"] == "A natural model" and info["link"] == "" and info["dataset"] == "digits"

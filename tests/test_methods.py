@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from raygap import checkpoint, data, train
+from raygap import checkpoint, config, data, train
 from raygap.attacks import correct_count, make_attack
 from raygap.loop import compile_mode, lr_factor, train_step
 from raygap.methods import METHODS, afd, base, drrdn, from_scratch, mart, trades
@@ -124,6 +124,29 @@ def official_step(module, teacher, x_natural, x_adv, y, optimizer, optimizer1, o
     optimizer.step()
 
 
+class SGD14(torch.optim.Optimizer):
+    """torch.optim.SGD as PyTorch 1.4 ran it (the versions tl+sl.py needs): the weight decay is added
+    into p.grad in place, so a later optimiser over the same parameters sees it in the gradient."""
+
+    def __init__(self, params, lr, momentum, weight_decay):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                d_p = p.grad
+                d_p.add_(p, alpha=group["weight_decay"])  # in place: the 1.4 behaviour
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = d_p.clone()
+                else:
+                    state["momentum_buffer"].mul_(group["momentum"]).add_(d_p)
+                p.add_(state["momentum_buffer"], alpha=-group["lr"])
+
+
 def tiny_afd():
     torch.manual_seed(0)
     backbone = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 8), torch.nn.Tanh())
@@ -138,18 +161,19 @@ def batches(steps):
         yield x, (x + 0.03 * torch.randn(x.shape, generator=generator)).clamp(0, 1), torch.randint(0, 4, (16,), generator=generator)
 
 
-def official_run(steps):
+def official_run(steps, sgd=SGD14):
     """(the parameters after `steps` official steps, the elementwise bound on how far the one-step rule
     may be from them). The one-step rule is exact but for one term: the last optimiser applies weight
     decay at the parameters optimizer2 has just moved by lr * m2 (m2 its momentum buffer), so each step
-    adds WD * LR * m2 to the momentum of the rest, which then moves them by LR times its running sum."""
+    adds WD * LR * m2 to the momentum of the rest, which then moves them by LR times its running sum.
+    (With SGD14 optimizer2's decay at the unmoved parameters stays in the gradient as well: exact.)"""
     objective = tiny_afd()
     module = objective.module
     d2 = list(module.d2.parameters())
     rest = [p for p in module.parameters() if all(p is not q for q in d2)]
-    optimizer = torch.optim.SGD(rest, lr=LR, momentum=MOMENTUM, weight_decay=WD)
-    optimizer1 = torch.optim.SGD(d2, lr=LR, momentum=MOMENTUM, weight_decay=WD)
-    optimizer2 = torch.optim.SGD(rest, lr=LR, momentum=MOMENTUM, weight_decay=WD)
+    optimizer = sgd(rest, lr=LR, momentum=MOMENTUM, weight_decay=WD)
+    optimizer1 = sgd(d2, lr=LR, momentum=MOMENTUM, weight_decay=WD)
+    optimizer2 = sgd(rest, lr=LR, momentum=MOMENTUM, weight_decay=WD)
     drift = [torch.zeros_like(p) for p in rest]  # sum over steps of the momentum difference's bound
     bound = [torch.zeros_like(p) for p in rest]
     for x, x_adv, y in batches(steps):
@@ -167,8 +191,8 @@ def official_run(steps):
 def raygap_run(steps, variant="official"):
     objective = tiny_afd()
     module = objective.module
-    if variant == "split":
-        objective = afd.AFD(module.model, afd.AFD.Params(update="split"), attack=None)
+    if variant in ("split", "official_torch2"):
+        objective = afd.AFD(module.model, afd.AFD.Params(update=variant), attack=None)
         objective.module.d1.load_state_dict(module.d1.state_dict())
         objective.module.d2.load_state_dict(module.d2.state_dict())
         module = objective.module
@@ -187,9 +211,9 @@ def raygap_run(steps, variant="official"):
     return dict(module.named_parameters())
 
 
-def worst_excess(steps, variant):
+def worst_excess(steps, variant, sgd=SGD14):
     """max over parameters of |raygap - official| / the derived bound (plus fp32 rounding)."""
-    official, bounds = official_run(steps)
+    official, bounds = official_run(steps, sgd)
     mine = raygap_run(steps, variant)
     return max(((mine[n] - official[n]).abs() / (bounds[n] + 1e-6)).max().item() for n in official)
 
@@ -199,9 +223,33 @@ def test_afd_official_update_is_the_three_optimiser_step_to_first_order(steps):
     assert worst_excess(steps, "official") <= 1.0
 
 
-@pytest.mark.parametrize("variant", ["split", "single sigma", "single confused on W"])
+@pytest.mark.parametrize("variant", ["split", "single sigma", "single confused on W", "official_torch2"])
 def test_afd_other_rules_are_first_order_away_from_the_official_one(variant):
-    assert worst_excess(5, variant) > 10.0
+    assert worst_excess(5, variant) > 10.0  # official_torch2: the decay twice where PyTorch 1.4 applied it thrice
+
+
+def test_afd_official_torch2_is_the_three_optimisers_under_todays_sgd():
+    assert worst_excess(5, "official_torch2", sgd=torch.optim.SGD) <= 1.0
+    assert worst_excess(5, "official", sgd=torch.optim.SGD) > 10.0
+
+
+def test_trades_loss_moves_batch_norm_as_the_three_official_forwards_do():
+    """trades.py: CE on model(x), then KL(model(x_adv) || model(x)): batch norm's running statistics
+    after one step are the official code's (a two-pass loss leaves them nearer the adversarial batch)."""
+    torch.manual_seed(0)
+    backbone = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 8), torch.nn.BatchNorm1d(8))
+    model = Classifier(backbone, 8, 4, [0.5], [0.25])
+    x, x_adv, y = next(batches(1))
+    official = copy.deepcopy(model).train()
+    logits = official(x)
+    loss = F.cross_entropy(logits, y) + 6.0 * F.kl_div(F.log_softmax(official(x_adv), 1), F.softmax(official(x), 1),
+                                                       reduction="sum") / len(x)
+    mine = trades.TRADES(model, trades.TRADES.Params(beta=6.0), attack=None)
+    parts = mine.loss(model.train(), x, y, x_adv)
+    torch.testing.assert_close(parts["loss"], loss)
+    bn_official, bn_mine = official.backbone[2], model.backbone[2]
+    torch.testing.assert_close(bn_mine.running_mean, bn_official.running_mean)
+    torch.testing.assert_close(bn_mine.running_var, bn_official.running_var)
 
 
 def test_disentangler_first_step_is_the_full_step_or_its_projection():
@@ -396,18 +444,27 @@ def test_recipes_set_the_papers_regimes(tmp_path):
     afd_paper = load("recipe=afd_paper", storage=tmp_path)
     assert (afd_paper.method.name, afd_paper.method["update"], afd_paper.method.disentangler_size) == ("afd", "official", None)
     assert (afd_paper.train.schedule, afd_paper.train.lr, afd_paper.train.epochs, afd_paper.attack.step_size) == ("afd", 0.025, 20, 0.007)
+    assert (afd_paper.pretrain.epochs, afd_paper.pretrain.precision) == (100, "fp32")  # as model-100.pth
     assert not from_scratch(afd_paper)
     # the recipe's beta wins over the digits default of TRADES (beta 1)
     assert load("method=trades", storage=tmp_path).method.beta == 1.0
-    official = {  # (recipe, epochs, lr, the official per-epoch rule)
-        "trades_paper": (80, 0.1, lambda e: 0.1 * (0.1 if e >= 75 else 1)),
-        "mart_paper": (120, 0.01, lambda e: 0.01 * (0.001 if e >= 100 else 0.01 if e >= 90 else 0.1 if e >= 75 else 1)),
+    official = {  # (recipe, model, epochs, lr, the official per-epoch rule of its script)
+        "afd_paper": ("resnet18", 20, 0.025, None),
+        "trades_paper": ("wrn34_10", 76, 0.1, lambda e: 0.1 * (0.1 if e >= 75 else 1)),
+        "mart_paper": ("resnet18", 120, 0.01, lambda e: 0.01 * (0.001 if e >= 100 else 0.01 if e >= 90 else 0.1 if e >= 75 else 1)),
     }
-    for recipe, (epochs, lr, rule) in official.items():
+    for recipe, (model, epochs, lr, rule) in official.items():
         cfg = load(f"recipe={recipe}", storage=tmp_path)
-        assert from_scratch(cfg) and cfg.train.epochs == epochs and cfg.train.lr == lr and not cfg.train.ema
-        for epoch in range(1, epochs + 1):
-            assert lr * lr_factor(cfg.train, (epoch - 1) / epochs) == pytest.approx(rule(epoch), rel=1e-9), (recipe, epoch)
+        # a paper protocol: every training image, the last epoch, fp32, the paper's model
+        assert (cfg.data.val_fraction, cfg.train.keep, cfg.train.precision) == (0, "last", "fp32"), recipe
+        assert (cfg.model.name, cfg.protocol.model, cfg.train.epochs, cfg.train.lr) == (model, model, epochs, lr), recipe
+        if rule:
+            assert from_scratch(cfg) and not cfg.train.ema
+            for epoch in range(1, epochs + 1):
+                assert lr * lr_factor(cfg.train, (epoch - 1) / epochs) == pytest.approx(rule(epoch), rel=1e-9), (recipe, epoch)
     assert (load("recipe=trades_paper", storage=tmp_path).method.beta, load("recipe=mart_paper", storage=tmp_path).method.beta) == (6.0, 5.0)
     assert not from_scratch(load("method=mart", storage=tmp_path))
     assert from_scratch(load("method=mart", "init=scratch", storage=tmp_path))
+    # the searches built on the AFD recipe keep a validation split, the chosen epoch and bf16 on GPUs
+    search = config.load([f"storage={tmp_path}"], "afd_cifar10")
+    assert (search.data.val_fraction, search.train.keep, search.train.precision, search.pretrain.epochs) == (0.1, "best", "auto", 100)

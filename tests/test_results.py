@@ -4,7 +4,7 @@ import duckdb
 import pandas as pd
 import pytest
 
-from raygap import config, results
+from raygap import results, schema
 
 from conftest import load
 
@@ -19,8 +19,8 @@ def history(epochs, loss_parts):
 @pytest.mark.parametrize("uri", [False, True])
 def test_epochs_of_different_methods_form_one_table(tmp_path, uri):
     where = f"file://{tmp_path}/exp" if uri else str(tmp_path / "exp")
-    afd = config.as_dict(load("method=afd", storage=tmp_path))
-    trades = config.as_dict(load("method=trades", "method.beta=2", storage=tmp_path))
+    afd = schema.as_dict(load("method=afd", storage=tmp_path))
+    trades = schema.as_dict(load("method=trades", "method.beta=2", storage=tmp_path))
     results.write_epochs(where, "t1", afd, history(2, ["ce_adv", "align", "confused", "separation"]))
     results.write_epochs(where, "t2", trades, history(3, ["ce", "kl"]))
     results.write_epochs(where, "t1", afd, history(3, ["ce_adv", "align", "confused", "separation"]))

@@ -8,7 +8,7 @@ import optuna
 import pytest
 
 from conftest import run_cli
-from raygap import config, results, searcher
+from raygap import config, results, schema, searcher
 from raygap.errors import UserError
 from raygap.stopping import pareto_keeps, rungs
 
@@ -57,7 +57,7 @@ def first_suggestions(cfg, warm, n=10):
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0))
     if warm:
         warm.tell(study)
-    space = config.as_dict(cfg.tune.space)
+    space = schema.as_dict(cfg.tune.space)
     suggested = []
     for _ in range(n):
         trial = study.ask()
@@ -125,7 +125,7 @@ def test_a_grid_asks_for_every_combination_once(tmp_path):
     seen = set()
 
     def objective(trial):
-        searcher.suggest(trial, config.as_dict(cfg.tune.space))
+        searcher.suggest(trial, schema.as_dict(cfg.tune.space))
         seen.add(tuple(sorted(trial.params.items())))
         return 0.0
 

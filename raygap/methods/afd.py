@@ -22,13 +22,20 @@ Momentum SGD is linear in its gradients, so the three steps are, to first order 
 one SGD step in which
   D2 gets        alpha * grad(confused)                                   with weight decay 5e-4,
   the rest gets  2 alpha * grad(confused) + 2 sigma * grad(separation) + grad(main)
-                 (the confused loss reaches only W and b there)           with weight decay 2 x 5e-4,
-and D2's gradient from the separation loss is computed but never applied. raygap takes that one
-step: one backward of the sum below and one SGD with two parameter groups (`param_groups`). What the
-second and third official steps add beyond it is weight decay evaluated at the parameters moved by
-the step before (a term of order lr^2 x weight decay); tests/test_methods.py steps the official
-three optimisers beside it and checks that the two agree within that term.
+                 (the confused loss reaches only W and b there)           with weight decay 3 x 5e-4,
+and D2's gradient from the separation loss is computed but never applied. Three times the decay, not
+two: the script needs PyTorch below 1.5 (see above), whose SGD adds the decay into `p.grad` in place
+(`d_p.add_(weight_decay, p.data)`, changed to an out-of-place add by pytorch/pytorch#12218's fix in 1.5),
+so optimizer2's decay stays in the gradient that the main backward accumulates into, and optimizer adds
+its own on top: 1 (optimizer2) + 2 (optimizer). raygap takes that one step: one backward of the sum
+below and one SGD with two parameter groups (`param_groups`). What the second and third official steps
+add beyond it is weight decay evaluated at the parameters moved by the step before (a term of order
+lr^2 x weight decay); tests/test_methods.py steps the official three optimisers, with an SGD that
+decays in place as PyTorch 1.4's did, beside it and checks that the two agree within that term.
 
+`method.update=official_torch2` is the same rule with the decay counted twice: what the three
+optimisers would apply under PyTorch >= 1.5, whose SGD leaves `p.grad` untouched (the script cannot
+run there as written; the variant is kept to measure what the decay costs, benchmarks/README.md).
 `method.update=split` is raygap's earlier variant, not the authors' rule: W is detached in the
 confused loss (so it updates D2 alone), sigma and the weight decay count once.
 
@@ -66,7 +73,8 @@ from raygap.models import Classifier
 
 
 class Update(StrEnum):
-    official = "official"  # the authors' three-optimiser rule in one step (docstring)
+    official = "official"  # the authors' three-optimiser rule in one step, as PyTorch < 1.5 ran it (docstring)
+    official_torch2 = "official_torch2"  # the same, with the decay PyTorch >= 1.5's SGD would apply (2x)
     split = "split"  # raygap's earlier variant
 
 
@@ -118,7 +126,7 @@ class AFDModule(nn.Module):
             return head(f1)  # inference: W D1 g(x)
         f2 = self.d2(f.detach())
         out = {"f1": f1, "f2": f2, "logits": head(f1)}
-        if self.update == "official":
+        if self.update != "split":
             out["confused_logits"] = head(f2)  # grad to D2 and (once) to W, b
             out["confused_head_logits"] = head(f2.detach())  # the second, to W and b only
         else:
@@ -167,12 +175,14 @@ class AFD(Objective):
         return self
 
     def param_groups(self, weight_decay: float) -> list[dict]:
-        if self.params.update != "official":
+        decays = {"official": 3, "official_torch2": 2}  # how often the rest's decay is applied (docstring)
+        if self.params.update not in decays:
             return super().param_groups(weight_decay)
         d2 = list(self.module.d2.parameters())
         in_d2 = {id(p) for p in d2}
         rest = [p for p in self.module.parameters() if id(p) not in in_d2]
-        return [{"params": rest, "weight_decay": 2 * weight_decay}, {"params": d2, "weight_decay": weight_decay}]
+        return [{"params": rest, "weight_decay": decays[self.params.update] * weight_decay},
+                {"params": d2, "weight_decay": weight_decay}]
 
     def loss(self, net, x, y, x_adv):
         p = self.params
@@ -187,7 +197,7 @@ class AFD(Objective):
         # D2's gradient comes from the confused loss alone, under both updates
         separation = F.cosine_similarity(f1, f2.detach(), dim=1).mean()
         total = ce + p.align_weight * align + p.alpha * confused + p.sigma * separation
-        if p.update == "official":  # the optimiser steps that count these terms twice (docstring)
+        if p.update != "split":  # the optimiser steps that count these terms twice (docstring)
             total = total + p.alpha * F.cross_entropy(out["confused_head_logits"], y_wrong) + p.sigma * separation
         return {"loss": total, "ce_adv": ce, "align": align, "confused": confused, "separation": separation}
 

@@ -3,9 +3,10 @@
 The loss and attack follow the authors' code (yaodongyu/TRADES, trades.py). raygap runs it, by default,
 as fine-tuned TRADES: from the natural pre-trained model, in raygap's regime (train.*), like the other
 fine-tuning methods. The paper's figures come from training from random weights in its own regime:
-`recipe=trades_paper` (search_spaces/recipe/). Departures from the code: the attack starts uniformly
-in the epsilon ball (the official start is x + 0.001 N(0, 1)), and its step size is raygap's default
-(2.5 eps / steps) unless attack.step_size is set (0.007 in the recipe). On handwritten digits beta
+`recipe=trades_paper` (search_spaces/recipe/). The loss runs the code's three forward passes (see
+`loss`). Departures from the code: the attack starts uniformly in the epsilon ball (the official start
+is x + 0.001 N(0, 1)), and its step size is raygap's default (2.5 eps / steps) unless
+attack.step_size is set (0.007 in the recipe). On handwritten digits beta
 defaults to 1, the authors' MNIST value (search_spaces/data_method/).
 """
 
@@ -25,7 +26,7 @@ def kl(logits_nat, logits_adv):
 class TRADES(Objective):
     parts = ("ce", "kl")
     attack_clean_forwards = 1  # the attack's KL target
-    training_passes = 2  # natural and adversarial
+    training_passes = 3  # natural, adversarial, natural again (the official code's three forwards)
     non_negative = ("beta",)
 
     @dataclass
@@ -40,9 +41,13 @@ class TRADES(Objective):
             F.log_softmax(logits.float(), 1), p_nat, reduction="sum"))
 
     def loss(self, net, x, y, x_adv):
-        # Two forward passes, as in the original code, so that batch norm sees clean and adversarial
-        # batches separately.
+        # Three forward passes in this order, as trades.py runs them: the natural batch for the CE, then
+        # the adversarial and the natural batch again for the KL. In training mode the two natural
+        # passes give the same logits (batch norm normalises by the batch), so the gradient is that of
+        # two passes; what the third changes is batch norm's running statistics, which evaluation uses:
+        # each pass moves them, and the last one moves them toward the natural batch's.
         logits_nat = net(x)
         ce = F.cross_entropy(logits_nat, y)
-        robust = kl(logits_nat, net(x_adv))
+        logits_adv = net(x_adv)
+        robust = kl(net(x), logits_adv)
         return {"loss": ce + self.params.beta * robust, "ce": ce, "kl": robust}
