@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import torch
 
@@ -35,5 +36,9 @@ def each_batch(job, rank: int, world: int, epoch: int, batch: int) -> None:
     marker = storage.join(job.run_dir, ".test-kill-done")
     if storage.exists(marker):
         return
+    # Ray Train's controller registers a reported checkpoint when it next polls the workers: a kill
+    # within a second of the last report may find it unregistered, and the run would restart from the
+    # one before. Wait as a crash later in a real epoch would have, so the test is about the restart.
+    time.sleep(3)
     storage.write_bytes(marker, b"")
     os.kill(os.getpid(), signal.SIGKILL)
