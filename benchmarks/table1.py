@@ -72,7 +72,7 @@ def main(argv=None):
     except UserError as err:
         raise SystemExit(f"raygap: error: {err}") from None
     with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
-        results = list(pool.map(lambda method: fine_tune_and_evaluate(method, base, natural), METHODS))
+        results = list(pool.map(lambda method: fine_tune_and_evaluate(method, base, natural, data), METHODS))
     rows = list(zip(METHODS, *zip(*results)))
     text = table(rows, cfg, DATA[data], args.smoke)
     storage.write_bytes(storage.join(args.storage, f"table1-{data}.md"), text.encode())
@@ -80,10 +80,10 @@ def main(argv=None):
     return rows
 
 
-def fine_tune_and_evaluate(method: str, base: list, natural: str) -> tuple:
+def fine_tune_and_evaluate(method: str, base: list, natural: str, data: str) -> tuple:
     """(the evaluation JSON, the fine-tuning's seconds) of one method, from its own processes; a
     finished run and its evaluation are read back rather than redone."""
-    overrides = base + [f"method={method}", f"pretrained={natural}", f"name=table1-{method}"]
+    overrides = base + [f"method={method}", f"pretrained={natural}", f"name=table1-{data}-{method}"]
     overrides += ["method.beta=6"] if method == "trades" else []
     checkpoint = _run(method, "train", overrides)
     cfg = config.load(overrides)
