@@ -71,8 +71,15 @@ def main(argv=None):
         natural = runner.natural_model(cfg)["checkpoint"]
     except UserError as err:
         raise SystemExit(f"raygap: error: {err}") from None
+    # Each method's overrides and evaluation file are made here: Hydra's composition is global state, not
+    # for threads; the threads only start processes and read files.
+    jobs, eval_name = [], f"eval-n{cfg.eval.n}-{'-'.join(cfg.eval.attacks)}.json"
+    for method in METHODS:
+        overrides = base + [f"method={method}", f"pretrained={natural}", f"name=table1-{data}-{method}"]
+        overrides += ["method.beta=6"] if method == "trades" else []
+        jobs.append((method, overrides, eval_name))
     with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
-        results = list(pool.map(lambda method: fine_tune_and_evaluate(method, base, natural, data), METHODS))
+        results = list(pool.map(lambda job: fine_tune_and_evaluate(*job), jobs))
     rows = list(zip(METHODS, *zip(*results)))
     text = table(rows, cfg, DATA[data], args.smoke)
     storage.write_bytes(storage.join(args.storage, f"table1-{data}.md"), text.encode())
@@ -80,15 +87,11 @@ def main(argv=None):
     return rows
 
 
-def fine_tune_and_evaluate(method: str, base: list, natural: str, data: str) -> tuple:
+def fine_tune_and_evaluate(method: str, overrides: list, eval_name: str) -> tuple:
     """(the evaluation JSON, the fine-tuning's seconds) of one method, from its own processes; a
-    finished run and its evaluation are read back rather than redone."""
-    overrides = base + [f"method={method}", f"pretrained={natural}", f"name=table1-{data}-{method}"]
-    overrides += ["method.beta=6"] if method == "trades" else []
+    finished run and its evaluation (named by what it measured) are read back rather than redone."""
     checkpoint = _run(method, "train", overrides)
-    cfg = config.load(overrides)
-    # named by what it measured, so an evaluation with other settings is not taken for this one
-    out = checkpoint.rsplit("/", 1)[0] + f"/eval-n{cfg.eval.n}-{'-'.join(cfg.eval.attacks)}.json"
+    out = checkpoint.rsplit("/", 1)[0] + "/" + eval_name
     if not storage.exists(out):
         _run(method, "evaluate", overrides + [f"checkpoint={checkpoint}", f"eval.out={out}"])
     history = load_checkpoint(checkpoint)[1]["meta"]["history"]
