@@ -1,3 +1,4 @@
+import contextlib
 import os
 import shutil
 import socket
@@ -77,11 +78,19 @@ def natural_digits(tmp_path_factory):
     return cfg, result["checkpoint"]
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` distinct TCP ports on localhost that nothing listens on now. Every socket stays bound until all
+    are picked: ports taken one at a time can repeat (CI once gave the head's agent and client server one)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+
+
 def free_port() -> int:
     """A TCP port on localhost that nothing listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: float = 60) -> None:

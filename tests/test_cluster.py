@@ -16,7 +16,7 @@ import pytest
 import ray
 import yaml
 
-from conftest import free_port
+from conftest import free_ports
 from raygap import results
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,7 +92,8 @@ def test_a_search_submitted_to_a_local_autoscaling_cluster_runs_on_added_gpu_nod
     ray_cli = str(Path(sys.executable).parent / "ray")
     env = dict(os.environ, RAY_FAKE_CLUSTER="1", RAY_AUTH_MODE="disabled", PYTHONUNBUFFERED="1")
     env.pop("RAY_ADDRESS", None)
-    gcs, dashboard = free_port(), free_port()
+    options = ("dashboard-agent-listen-port", "ray-client-server-port", "runtime-env-agent-port", "metrics-export-port")
+    gcs, dashboard, *others = free_ports(2 + len(options))
     address = f"http://127.0.0.1:{dashboard}"
     # local.yaml's fake nodes join the head at port 6379 unless told otherwise: tell them our free port
     autoscaling = yaml.safe_load((CLUSTER / "local.yaml").read_text())
@@ -100,13 +101,13 @@ def test_a_search_submitted_to_a_local_autoscaling_cluster_runs_on_added_gpu_nod
     (tmp_path / "local.yaml").write_text(yaml.safe_dump(autoscaling))
     # Every port of the head its own: the defaults (the job agent's 52365, the client server's 10001) are
     # taken when another Ray cluster runs on this machine, and the job submission would find no agent.
-    ports = [f"--{option}={free_port()}" for option in ("dashboard-agent-listen-port", "ray-client-server-port",
-                                                        "runtime-env-agent-port", "metrics-export-port")]
-    subprocess.run([ray_cli, "start", "--head", f"--autoscaling-config={tmp_path / 'local.yaml'}", "--num-cpus=1",
-                    '--resources={"trial_driver": 1000}', "--node-ip-address=127.0.0.1", f"--port={gcs}",
-                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", *ports, "--disable-usage-stats"],
-                   env=env, check=True, capture_output=True, timeout=120)
+    ports = [f"--{option}={port}" for option, port in zip(options, others)]
+    started = subprocess.run([ray_cli, "start", "--head", f"--autoscaling-config={tmp_path / 'local.yaml'}",
+                              "--num-cpus=1", '--resources={"trial_driver": 1000}', "--node-ip-address=127.0.0.1",
+                              f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", *ports,
+                              "--disable-usage-stats"], env=env, capture_output=True, text=True, timeout=120)
     try:
+        assert started.returncode == 0, f"ray start failed:\n{started.stdout[-3000:]}\n{started.stderr[-3000:]}"
         # No --working-dir here (raygap is installed): the fake nodes share one session folder, and a
         # fake node that goes away deletes the unpacked working dir, the job driver's cwd, under it.
         job = subprocess.run(
