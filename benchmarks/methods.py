@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> dict:
     args.epochs = load(base).train.epochs
     evaluation = [f"eval.attacks=[{','.join(ATTACKS)}]", f"eval.n={args.n}"]
     natural = runner.natural_model(load(base))["checkpoint"]
-    rows = {"natural": ("natural (the start)", "", [evaluated(load(base + [f"checkpoint={natural}", *evaluation]))], [0.0])}
+    start = evaluated(load(base + [f"checkpoint={natural}", *evaluation]))
+    rows = {"natural": ("natural (the start)", "", [start], [0.0])}
     rates = {}
     for seed in args.seeds:
         for key in args.variants:

@@ -48,7 +48,8 @@ def main():
     rows = {mode: [] for mode in modes}
     for repeat in range(args.repeats):
         for mode, extra in modes.items():
-            cfg = config.load(base + extra + [f"pretrained={natural}", f"name=r{repeat}-{mode.replace(' ', '_').replace(',', '')}"])
+            name = f"r{repeat}-{mode.replace(' ', '_').replace(',', '')}"
+            cfg = config.load(base + extra + [f"pretrained={natural}", f"name={name}"])
             started = time.perf_counter()
             result = train.run(cfg)
             wall = time.perf_counter() - started
@@ -86,7 +87,8 @@ def main():
           "overhead in a one-minute trial |")
     print("|---|---|---|---|---|---|")
     for label, wall, trial, epochs, overhead in searches:
-        print(f"| {label} | {wall:.1f} | {trial:.1f} | {epochs:.1f} | {overhead:.1f} | {overhead / (60 + overhead):.0%} |")
+        share = overhead / (60 + overhead)
+        print(f"| {label} | {wall:.1f} | {trial:.1f} | {epochs:.1f} | {overhead:.1f} | {share:.0%} |")
 
 
 if __name__ == "__main__":

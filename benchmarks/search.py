@@ -21,7 +21,8 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 from raygap import config, results, tune  # noqa: E402
 
 ALGORITHMS = {
-    "random, no early stopping": lambda n: ["tune.algorithm=random", "tune.scheduler.name=fifo", f"tune.num_samples={n}"],
+    "random, no early stopping": lambda n: ["tune.algorithm=random", "tune.scheduler.name=fifo",
+                                            f"tune.num_samples={n}"],
     "TPE + ASHA": lambda n: ["tune.algorithm=tpe", "tune.scheduler.name=asha", f"tune.num_samples={2 * n}"],
 }
 

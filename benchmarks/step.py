@@ -183,8 +183,9 @@ def main():
         model = copy.deepcopy(natural)
         rows.append((label, timed(make(model, sgd(model), x, y, args.eps, alpha, args.steps, args.bf16)), vaft_bound))
 
-    print(f"\n{args.model}, batch {args.batch} of {'x'.join(map(str, shape))}, PGD-{args.steps}, {device}"
-          f"{' ' + torch.cuda.get_device_name(device) if device.type == 'cuda' else f' ({torch.get_num_threads()} threads)'}"
+    threads = f" ({torch.get_num_threads()} threads)"
+    where = f" {torch.cuda.get_device_name(device)}" if device.type == "cuda" else threads
+    print(f"\n{args.model}, batch {args.batch} of {'x'.join(map(str, shape))}, PGD-{args.steps}, {device}{where}"
           f"{', bf16' if args.bf16 else ''}{', channels-last' if args.channels_last else ''}"
           f"{', cudnn.benchmark' if args.cudnn_benchmark else ''}{', compiled' if args.compile else ''}"
           f", median of {args.repeats}\n")

@@ -54,7 +54,8 @@ SMOKE = ["pretrain.epochs=1", "train.epochs=1", "data.train_n=8", "attack.steps=
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--storage", default=tempfile.mkdtemp(prefix="raygap-table1-"))
-    parser.add_argument("--smoke", action="store_true", help="a CPU smoke run: 1 epoch each on 8 images, PGD-1, FGSM on 4")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a CPU smoke run: 1 epoch each on 8 images, PGD-1, FGSM on 4")
     parser.add_argument("--parallel", type=int, default=len(METHODS) if torch.cuda.is_available() else 1,
                         help="methods trained and evaluated at once, each in its own process")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data=cifar100 data.root=~/data")

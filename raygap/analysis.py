@@ -12,7 +12,7 @@ import json
 
 import pandas as pd
 
-from raygap import results, storage, study
+from raygap import layout, results, storage, study
 
 # The test-split accuracy that marks finalists, strongest first: the per-example worst case over every
 # final attack, then single attacks (columns of raygap.tune's finalists, or of older tables).
@@ -149,8 +149,8 @@ def _colors(values: pd.Series) -> dict:
 
 
 def plot_pareto(trials: pd.DataFrame, ax=None):
-    """Clean vs robust validation accuracy of every trial at the epoch it exported; the front joined and ringed; finalists
-    starred, with their test accuracy under the strongest final attack written beside them."""
+    """Clean vs robust validation accuracy of every trial at the epoch it exported; the front joined and ringed;
+    finalists starred, with their test accuracy under the strongest final attack written beside them."""
     ax = _axes(ax)
     key = color_key(trials)
     scored = trials.dropna(subset=["kept_clean_acc", "kept_robust_acc"])
@@ -165,8 +165,8 @@ def plot_pareto(trials: pd.DataFrame, ax=None):
     column = final_attack(trials)
     if column:
         final = scored[scored[column].notna()]
-        ax.scatter(final.kept_clean_acc, final.kept_robust_acc, marker="*", s=260, color="gold", edgecolors="k", zorder=3,
-                   label=f"finalist (its {column} on the test split written beside it)")
+        ax.scatter(final.kept_clean_acc, final.kept_robust_acc, marker="*", s=260, color="gold", edgecolors="k",
+                   zorder=3, label=f"finalist (its {column} on the test split written beside it)")
         for row in final.itertuples():
             ax.annotate(f"{getattr(row, column):.3f}", (row.kept_clean_acc, row.kept_robust_acc), xytext=(8, -4),
                         textcoords="offset points", fontsize=8)
@@ -309,8 +309,10 @@ def plot_comparison(arms: pd.DataFrame, differences: pd.DataFrame):
         left.bar(x, 100 * mine[tests].mean(), width, color=colors[label], label=label, alpha=0.85)
         for _, seed in mine.iterrows():
             left.scatter(x, 100 * seed[tests].astype(float), color="k", s=8, zorder=3)
-    left.set_xticks(np.arange(len(tests)), [c[len("test_"):-len("_acc")].replace("robust", "worst case") for c in tests])
-    left.set(ylabel="test accuracy (%)", title=f"each arm's finalist on the same {int(arms.examples.iloc[0])} test images")
+    names = [c[len("test_"):-len("_acc")].replace("robust", "worst case") for c in tests]
+    left.set_xticks(np.arange(len(tests)), names)
+    left.set(ylabel="test accuracy (%)",
+             title=f"each arm's finalist on the same {int(arms.examples.iloc[0])} test images")
     left.legend(fontsize=7)
     y = np.arange(len(robust))[::-1]
     right.errorbar(100 * robust.difference, y, xerr=[100 * (robust.difference - robust.low),
@@ -330,7 +332,7 @@ def plot_arm_importances(folder: str, arms: pd.DataFrame):
     fig, axes = plt.subplots(1, max(len(tuned), 1), figsize=(5 * max(len(tuned), 1), 3.2), squeeze=False,
                              layout="constrained")
     for ax, row in zip(axes[0], tuned.itertuples()):
-        plot_importances(importances(storage.join(folder, row.experiment)), ax=ax)
+        plot_importances(importances(layout.experiment(folder, row.experiment)), ax=ax)
         ax.set_title(f"{row.arm}: importance", fontsize=9)
     return fig
 

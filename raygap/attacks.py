@@ -219,7 +219,8 @@ def describe(attack: Attack | None) -> str:
                               "target classes",
                     "fab-t": f"FAB-T {d.fab.n_iter} iterations x {d.fab.n_target_classes} target classes",
                     "square": f"Square {d.square.n_queries} queries"}
-        which = "the standard AutoAttack" if tuple(k["attacks"]) == AUTOATTACK else "one attack of the standard AutoAttack"
+        standard = tuple(k["attacks"]) == AUTOATTACK
+        which = "the standard AutoAttack" if standard else "one attack of the standard AutoAttack"
         return (f"{which} (pyautoattack {_pyautoattack().__version__}, seed {k['seed']}): "
                 + ", then ".join(settings[a] for a in k["attacks"])
                 + (", each on the points the ones before left robust" if len(k["attacks"]) > 1 else ""))

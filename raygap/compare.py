@@ -24,7 +24,7 @@ from pathlib import Path
 import pyarrow as pa
 from omegaconf import DictConfig, OmegaConf
 
-from raygap import results, runner, searcher, storage, tune
+from raygap import layout, results, runner, searcher, storage, tune
 from raygap.analysis import arm_summary, paired_interval, points
 from raygap.cli import entry_point
 from raygap.config import method_defaults, validate
@@ -146,15 +146,15 @@ def run(cfg, search: str = DEFAULT_SEARCH) -> dict:
     """Run (or resume) the comparison; returns its tables as pandas DataFrames and where they are."""
     arms = plan(cfg, search)
     name = comparison_name(cfg, search)
-    folder = storage.join(cfg.storage, name)
+    folder = layout.experiment(cfg.storage, name)
     storage.check_writable(cfg.storage)
     for table in ("arms", "differences", "examples"):
         results.check_readable(folder, table)
     tuned = [arm for arm in arms if arm.tuned]
     t = cfg.tune
     print(f"comparison '{name}': {', '.join(dict.fromkeys(a.method for a in tuned))} each searched with "
-          f"{t.num_samples} trials of {cfg.train.epochs} epochs ({searcher.algorithm(cfg)}, {t.scheduler.name}) for each of "
-          f"seeds {list(cfg.compare.seeds)}" + (f", and {', '.join(cfg.compare.untuned)} untuned" if
+          f"{t.num_samples} trials of {cfg.train.epochs} epochs ({searcher.algorithm(cfg)}, {t.scheduler.name}) "
+          f"for each of seeds {list(cfg.compare.seeds)}" + (f", and {', '.join(cfg.compare.untuned)} untuned" if
                                                  cfg.compare.untuned else "") +
           f"; every finalist attacked with {', '.join(cfg.final_eval.attacks)} on the same "
           f"{cfg.final_eval.n or 'all'} test images; in {folder}", flush=True)
@@ -169,23 +169,24 @@ def run(cfg, search: str = DEFAULT_SEARCH) -> dict:
             if arm.tuned:
                 tune.run(arm.cfg, search)
             else:
-                run_untuned(arm, storage.join(folder, arm.name))
+                run_untuned(arm, layout.experiment(folder, arm.name))
         return tables(cfg, name, folder, arms)
 
 
 def run_untuned(arm: Arm, arm_dir: str) -> None:
     """Train the arm's method once at its defaults and evaluate it as a finalist (skipping what is done)."""
-    run_dir = storage.join(arm_dir, "runs", "untuned")
-    model = storage.join(run_dir, "model.pt")
+    run_dir = layout.run(arm_dir, "untuned")
+    model = layout.model(run_dir)
     if not storage.exists(model):
         start = None if from_scratch(arm.cfg) else arm.cfg.pretrained
         runner.prepare(arm.cfg.train)
         runner.execute(Job(as_dict(arm.cfg), arm.method, "train", start, run_dir, label=arm.name,
                            experiment_dir=arm_dir, trial_id="untuned"))
-    if not storage.exists(storage.join(arm_dir, "examples", "untuned.parquet")):
+    if not storage.exists(layout.part(arm_dir, "examples", "untuned")):
         runner.connect()
-        print(f"[compare] evaluating {arm.label} on the test split: {', '.join(arm.cfg.final_eval.attacks)}", flush=True)
-        result = tune.final_evaluation(arm.cfg, as_dict(arm.cfg), model, storage.join(run_dir, "final_eval.json"))
+        attacks = ", ".join(arm.cfg.final_eval.attacks)
+        print(f"[compare] evaluating {arm.label} on the test split: {attacks}", flush=True)
+        result = tune.final_evaluation(arm.cfg, as_dict(arm.cfg), model, layout.final_eval(run_dir))
         results.write_examples(arm_dir, "untuned", result, arm.cfg.final_eval.attacks)
 
 
@@ -203,7 +204,7 @@ def arm_row(arm: Arm, arm_dir: str) -> tuple[dict, object]:
         trial_id, params = "untuned", "{}"
         runs = results.read_table(arm_dir, "epochs").groupby("trial_id").agg(
             epochs=("epoch", "max"), cpu_seconds=("cpu_seconds", "sum"), gpu_seconds=("gpu_seconds", "sum"))
-    examples = results.read_part(storage.join(arm_dir, "examples", f"{trial_id}.parquet"))
+    examples = results.read_part(layout.part(arm_dir, "examples", trial_id))
     correct = [c for c in examples.columns if c.startswith("correct_")]
     row = {"arm": arm.label, "method": arm.method, "tuned": arm.tuned, "seed": arm.seed, "trial_id": trial_id,
            "experiment": arm.name, "params": params, "trials": len(runs), "epochs": int(runs.epochs.fillna(0).sum()),
@@ -219,11 +220,11 @@ def tables(cfg, name: str, folder: str, arms: list[Arm]) -> dict:
 
     rows, masks = [], {}
     for arm in arms:
-        row, examples = arm_row(arm, storage.join(folder, arm.name))
+        row, examples = arm_row(arm, layout.experiment(folder, arm.name))
         rows.append(row)
         masks[arm.label, arm.seed] = examples
         # a copy of the arm's own part (its experiment column names the arm's folder, as in the arms table)
-        results.write(storage.join(folder, "examples", f"{arm.name}.parquet"), examples.to_dict("records"),
+        results.write(layout.part(folder, "examples", arm.name), examples.to_dict("records"),
                       results.examples_schema(cfg.final_eval.attacks))
     first = next(iter(masks.values()))
     for (label, seed), examples in masks.items():
@@ -232,7 +233,7 @@ def tables(cfg, name: str, folder: str, arms: list[Arm]) -> dict:
                             f"({len(examples)} against {len(first)}): final_eval changed between runs; use the "
                             "final_eval settings of the first run, or a new name=")
     frame = pd.DataFrame(rows)
-    results.write(storage.join(folder, "arms", "arms.parquet"), rows, arms_schema(frame))
+    results.write(layout.part(folder, "arms", "arms"), rows, arms_schema(frame))
     seeds, labels = list(cfg.compare.seeds), list(dict.fromkeys(frame.arm))
     measures = [c.removeprefix("correct_") for c in masks[labels[0], seeds[0]].columns if c.startswith("correct_")]
     differences = []
@@ -245,7 +246,7 @@ def tables(cfg, name: str, folder: str, arms: list[Arm]) -> dict:
                                 "seeds": len(seeds), "examples": len(masks[a, seeds[0]]),
                                 "resamples": cfg.compare.resamples})
     differences = pd.DataFrame(differences)
-    results.write(storage.join(folder, "differences", "differences.parquet"), differences.to_dict("records"),
+    results.write(layout.part(folder, "differences", "differences"), differences.to_dict("records"),
                   DIFFERENCES)
     print_tables(frame, differences, seeds)
     return {"folder": folder, "arms": frame, "differences": differences}

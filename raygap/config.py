@@ -39,8 +39,19 @@ def config_dir() -> Path:
 def method_defaults(data_name: str, method_name: str) -> dict:
     """A method's defaults for one data set, `search_spaces/data_method/<data>_<method>.yaml` (Hydra
     composes it into `method`; a trial whose method is searched gets it here), {} when there is none."""
-    path = config_dir() / "data_method" / f"{data_name}_{method_name}.yaml"
-    return OmegaConf.to_container(OmegaConf.load(path)).get("method", {}) if path.is_file() else {}
+    return _data_method(f"{data_name}_{method_name}")
+
+
+def _data_method(name: str) -> dict:
+    """The method node of data_method/<name>.yaml, after the files its defaults list names (as Hydra reads it)."""
+    path = config_dir() / "data_method" / f"{name}.yaml"
+    if not path.is_file():
+        return {}
+    node = OmegaConf.to_container(OmegaConf.load(path))
+    merged = {}
+    for included in node.get("defaults", []):
+        merged.update(_data_method(included))
+    return {**merged, **node.get("method", {})}
 
 
 def _register():
@@ -132,10 +143,14 @@ def validate(cfg: DictConfig) -> None:
     _require(cfg.data.name != "npz" or bool(cfg.data.path), "data.path", "is required for data=npz: the .npz file")
     _require(cfg.data.name != "folder" or bool(cfg.data.root), "data.root",
              "is required for an ImageFolder tree: data.root=<dir holding <class>/ or train/<class>/ folders>")
-    _require(cfg.data.name in DATASETS, "data.name", f"'{cfg.data.name}' is unknown; choose one of: {', '.join(DATASETS)}")
-    _require(cfg.model.name in BACKBONES, "model.name", f"'{cfg.model.name}' is unknown; choose one of: {', '.join(BACKBONES)}")
-    _require(0 < cfg.data.test_fraction < 1, "data.test_fraction", f"must lie strictly between 0 and 1, got {cfg.data.test_fraction}")
-    _require(0 <= cfg.data.val_fraction < 1, "data.val_fraction", f"must lie in [0, 1) (0: no validation split), got {cfg.data.val_fraction}")
+    _require(cfg.data.name in DATASETS, "data.name",
+             f"'{cfg.data.name}' is unknown; choose one of: {', '.join(DATASETS)}")
+    _require(cfg.model.name in BACKBONES, "model.name",
+             f"'{cfg.model.name}' is unknown; choose one of: {', '.join(BACKBONES)}")
+    _require(0 < cfg.data.test_fraction < 1, "data.test_fraction",
+             f"must lie strictly between 0 and 1, got {cfg.data.test_fraction}")
+    _require(0 <= cfg.data.val_fraction < 1, "data.val_fraction",
+             f"must lie in [0, 1) (0: no validation split), got {cfg.data.val_fraction}")
     no_val = cfg.data.val_fraction == 0
     _require(not no_val or not cfg.tune.space, "data.val_fraction=0", "leaves no validation split, and a search "
              "ranks its trials on one: set data.val_fraction=0.1")
@@ -146,7 +161,8 @@ def validate(cfg: DictConfig) -> None:
              f"recipe={cfg.protocol.recipe}, which trains the paper's model={pinned}: drop model=, or add "
              f"protocol.model={cfg.model.name} to train the recipe on it knowingly")
     _require(cfg.data.crop_padding >= 0, "data.crop_padding", "must be >= 0")
-    _require(cfg.data.train_n >= 0, "data.train_n", f"must be >= 0 (0: the whole training split), got {cfg.data.train_n}")
+    _require(cfg.data.train_n >= 0, "data.train_n",
+             f"must be >= 0 (0: the whole training split), got {cfg.data.train_n}")
     _require(len(cfg.data.mean) == len(cfg.data.std), "data.mean", "and data.std must have the same length")
     _require(all(s > 0 for s in cfg.data.std), "data.std", "must be positive")
     for node in ("attack", "eval"):
@@ -155,7 +171,8 @@ def validate(cfg: DictConfig) -> None:
         _require(norm != "linf" or eps <= 1, f"{node}.eps", f"= {eps} covers the whole [0, 1] pixel range; "
                  f"an L-inf budget is a fraction such as 8/255 = 0.0314")
     _require(cfg.attack.steps >= 1, "attack.steps", f"must be >= 1, got {cfg.attack.steps}")
-    _require(cfg.attack.step_size is None or cfg.attack.step_size > 0, "attack.step_size", "must be > 0 (or null for 2.5 eps / steps)")
+    _require(cfg.attack.step_size is None or cfg.attack.step_size > 0, "attack.step_size",
+             "must be > 0 (or null for 2.5 eps / steps)")
     for node in ("train", "pretrain"):
         t = cfg[node]
         _require(t.epochs >= 1, f"{node}.epochs", f"must be >= 1, got {t.epochs}")
@@ -183,7 +200,8 @@ def validate(cfg: DictConfig) -> None:
              f"must be a percentage such as 47.40, got '{cfg.eval.info.reported}'")
     _require(cfg.eval.n >= 0 and cfg.eval.val_n >= 0, "eval.n", "and eval.val_n must be >= 0 (0 = all)")
     _require(cfg.eval.batch_size >= 1, "eval.batch_size", "must be >= 1")
-    _require(cfg.method.name in METHODS, "method", f"'{cfg.method.name}' is unknown; choose one of: {', '.join(METHODS)}")
+    _require(cfg.method.name in METHODS, "method",
+             f"'{cfg.method.name}' is unknown; choose one of: {', '.join(METHODS)}")
     for key, why in METHODS[cfg.method.name].check(params_of(cfg.method)):
         _require(False, f"method.{key}", why)
     _validate_tune(cfg)
@@ -232,7 +250,8 @@ def _validate_tune(cfg: DictConfig) -> None:
             for value in candidates:
                 _require(value in METHODS, where, f"offers method '{value}'; methods: {', '.join(METHODS)}")
             continue
-        methods = (d.when or {}).get("method") or (t.space["method"]["values"] if "method" in t.space else [cfg.method.name])
+        searched = t.space["method"]["values"] if "method" in t.space else [cfg.method.name]
+        methods = (d.when or {}).get("method") or searched
         plain = OmegaConf.to_container(cfg)
         plain.pop("method")
         for method in methods:
@@ -257,6 +276,11 @@ def _validate_grid(t) -> None:
     size = math.prod(len(d["values"]) for d in t.space.values())
     _require(t.num_samples == size, "tune.num_samples", f"must be {size}, the number of combinations of the grid, "
              f"for tune.algorithm=grid (got {t.num_samples})")
+
+
+def searched_values(tune_config: dict) -> dict:
+    """A trial's searched values ({config key: value}): its Tune config less what tune.py puts beside them."""
+    return {k: v for k, v in tune_config.items() if k not in ("base", "experiment")}
 
 
 def trial_config(base: dict, params: dict):

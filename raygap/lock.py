@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 
-from raygap import storage
+from raygap import layout, storage
 from raygap.errors import StorageError, UserError
 
 HEARTBEAT_S = 10.0
@@ -31,7 +31,7 @@ class DriverLock:
 
     def __init__(self, experiment_dir: str):
         self.experiment_dir = experiment_dir
-        self.path = storage.join(experiment_dir, "driver.lock")
+        self.path = storage.join(experiment_dir, layout.LOCK)
         self.me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time(), "token": uuid.uuid4().hex}
         self._stop = threading.Event()
         self._refresher = threading.Thread(target=self._refresh, name="raygap-driver-lock", daemon=True)

@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from raygap import checkpoint as ckpt
-from raygap import data, faults, results, storage
+from raygap import data, faults, layout, results, storage
 from raygap.attacks import autocast, correct_count, make_attack
 from raygap.errors import Diverged
 from raygap.methods import METHODS, params_of
@@ -117,7 +117,8 @@ def compile_mode(setting, device: torch.device, world: int) -> str | None:
     return "reduce-overhead" if device.type == "cuda" and world == 1 else "default"
 
 
-def train_step(objective, module: nn.Module, net: nn.Module, optimizer, x, y, bf16: bool, compiled: bool = False) -> dict:
+def train_step(objective, module: nn.Module, net: nn.Module, optimizer, x, y, bf16: bool,
+               compiled: bool = False) -> dict:
     """One step: x' made on `module` (the trained module, maybe compiled) in eval mode, then the
     method's loss on `net` (the module, maybe DDP-wrapped or compiled) in train mode, its backward and
     the optimiser step. Returns the loss parts.
@@ -233,44 +234,47 @@ def train_loop(job: Job, context) -> list | None:
     peak = peak_flops(device, bf16) * world
     for epoch in range(start_epoch, t.epochs):
         started = time.perf_counter()
-        torch.manual_seed(t.seed * 1_000_003 + epoch * 101 + rank)  # seeds per (seed, epoch, rank): resumes replay
-        sums = {}
-        for batch, (x, y) in enumerate(batches.epoch(epoch)):
-            faults.each_batch(job, rank, world, epoch, batch)
-            step_losses = train_step(parts.objective, parts.attacked, parts.net, parts.optimizer, x, y, bf16,
-                                     parts.compiled)
-            parts.scheduler.step()
-            if parts.ema:
-                parts.ema.update(parts.module)
-            for key, value in step_losses.items():
-                sums[key] = sums.get(key, 0) + value.detach().float() * len(y)
+        losses = train_epoch(job, parts, batches, epoch, rank, world, bf16)
         train_seconds = time.perf_counter() - started
-        losses = _mean_over_workers(sums, batches.epoch_len // world, world)
         refuse_if_diverging(job, t.lr, losses, epoch, rank)
         clean_acc, robust_acc = val.accuracy(parts.evaluated, [None, val.attack], bf16)
         if epoch == 0 and start_clean is not None and clean_acc < start_clean / 2 and rank == 0:
             warn_lr_too_high(job, t.lr, start_clean, clean_acc)
-        wall = time.perf_counter() - started
-        images_per_s = batches.epoch_len / train_seconds
-        row = {"epoch": epoch + 1, "lr": parts.optimizer.param_groups[0]["lr"], **losses, "clean_acc": clean_acc,
-               "robust_acc": robust_acc, "clean_se": val.standard_error(clean_acc),
-               "robust_se": val.standard_error(robust_acc), "images_per_s": images_per_s,
-               "mfu": images_per_s * flops_per_image / peak if peak else None,
-               "train_seconds": train_seconds, "wall_seconds": wall,
-               "gpu_seconds": wall * context.gpus * world, "cpu_seconds": wall * context.cpus * world,
-               "finished_at": time.time(), "node": context.node}
-        history.append(row)
-        kept = kept_row(history, t.keep)
-        row.update(kept_epoch=kept["epoch"], kept_clean_acc=kept["clean_acc"], kept_robust_acc=kept["robust_acc"])
-        if rank == 0 and t.keep == "best" and kept is row:  # a copy, not the live weights, which train on
+        wall, speed = time.perf_counter() - started, batches.epoch_len / train_seconds
+        kept = kept_row(history + [{"epoch": epoch + 1, "clean_acc": clean_acc, "robust_acc": robust_acc}], t.keep)
+        history.append(results.EpochRow(
+            epoch=epoch + 1, kept_epoch=kept["epoch"], lr=parts.optimizer.param_groups[0]["lr"],
+            loss=losses.pop("loss", math.nan), clean_acc=clean_acc, robust_acc=robust_acc,
+            clean_se=val.standard_error(clean_acc), robust_se=val.standard_error(robust_acc),
+            kept_clean_acc=kept["clean_acc"], kept_robust_acc=kept["robust_acc"], images_per_s=speed,
+            mfu=speed * flops_per_image / peak if peak else None, train_seconds=train_seconds, wall_seconds=wall,
+            gpu_seconds=wall * context.gpus * world, cpu_seconds=wall * context.cpus * world,
+            finished_at=time.time(), losses=losses, node=context.node).as_row())
+        if rank == 0 and t.keep == "best" and kept["epoch"] == epoch + 1:  # a copy: the live weights train on
             kept_weights = {k: v.detach().to("cpu", copy=True) for k, v in parts.evaluated.state_dict().items()}
         if rank == 0:
-            record(job, row, history, t.epochs)
+            record(job, history, t.epochs)
             if epoch + 1 == t.epochs:  # before the last report: Tune may stop a trial as soon as it is reported
                 export(job, cfg, dataset, parts, history, kept_weights)
         state = {"epoch": epoch, **parts.state(), "history": history, "kept_weights": kept_weights}
-        context.report(row, state if rank == 0 else None)
+        context.report(history[-1], state if rank == 0 else None)
     return history if rank == 0 else None
+
+
+def train_epoch(job: Job, parts: Parts, batches: data.Batches, epoch: int, rank: int, world: int, bf16: bool) -> dict:
+    """One epoch of steps; returns the mean of each loss part over every worker's images."""
+    torch.manual_seed(job.training.seed * 1_000_003 + epoch * 101 + rank)  # per (seed, epoch, rank): resumes replay
+    sums = {}
+    for batch, (x, y) in enumerate(batches.epoch(epoch)):
+        faults.each_batch(job, rank, world, epoch, batch)
+        step_losses = train_step(parts.objective, parts.attacked, parts.net, parts.optimizer, x, y, bf16,
+                                 parts.compiled)
+        parts.scheduler.step()
+        if parts.ema:
+            parts.ema.update(parts.module)
+        for key, value in step_losses.items():
+            sums[key] = sums.get(key, 0) + value.detach().float() * len(y)
+    return _mean_over_workers(sums, batches.epoch_len // world, world)
 
 
 def kept_row(history: list, keep) -> dict:
@@ -285,7 +289,7 @@ def kept_row(history: list, keep) -> dict:
 def refuse_if_diverged_before(job: Job):
     """A run that diverged once diverges again: its restarts (Ray Train's, Tune's, a re-run of the same
     command) end at once with the first reason instead of training up to the same NaN."""
-    path = storage.join(job.run_dir, "diverged.txt")
+    path = layout.diverged(job.run_dir)
     if storage.exists(path):
         raise Diverged(storage.read_bytes(path).decode())
 
@@ -296,7 +300,7 @@ def refuse_if_diverging(job: Job, lr: float, losses: dict, epoch: int, rank: int
         return
     reason = f"training diverged: the loss is {losses['loss']} in epoch {epoch + 1}; lower {job.stage}.lr (now {lr})"
     if rank == 0:
-        storage.write_bytes(storage.join(job.run_dir, "diverged.txt"), reason.encode())
+        storage.write_bytes(layout.diverged(job.run_dir), reason.encode())
     raise Diverged(reason)
 
 
@@ -336,10 +340,10 @@ def build(job: Job, cfg, dataset: data.Dataset, context, steps: int) -> Parts:
     return Parts(objective, module, attacked, net, mode is not None, optimizer, scheduler, ema)
 
 
-def record(job: Job, row: dict, history: list, epochs: int):
+def record(job: Job, history: list, epochs: int):
     """Rank 0's record of an epoch: the progress line and the epochs table (written before the epoch's
     report: if this process dies after writing, the epoch re-runs and replaces its row)."""
-    _print_progress(job.label, row, history, epochs)
+    _print_progress(job.label, history, epochs)
     results.write_epochs(job.experiment_dir, job.trial_id, job.cfg, history)
 
 
@@ -354,7 +358,7 @@ def export(job: Job, cfg, dataset: data.Dataset, parts: Parts, history: list, ke
     final = final.to(memory_format=torch.contiguous_format)
     meta = {"method": job.method, "stage": job.stage, "epochs": len(history), "kept_epoch": history[-1]["kept_epoch"],
             "history": history}
-    ckpt.save(storage.join(job.run_dir, "model.pt"), final, ckpt.arch_of(final, cfg.model.name, dataset.in_shape),
+    ckpt.save(layout.model(job.run_dir), final, ckpt.arch_of(final, cfg.model.name, dataset.in_shape),
               job.cfg, meta)
 
 
@@ -402,26 +406,28 @@ def validation(cfg, dataset: data.Dataset, rank: int, world: int, device) -> Val
                       cfg.eval.batch_size, world, rank, cfg.eval.seed)
 
 
-def _print_progress(label: str, row: dict, history: list, epochs: int):
-    done = len(history)
+def _print_progress(label: str, history: list, epochs: int):
+    row, done = history[-1], len(history)
     seconds = sum(r["wall_seconds"] for r in history[-3:]) / min(3, done)
     left = eta(seconds * (epochs - row["epoch"]))
     # sys.stdout.write, not print: Ray Train workers patch print to log each line twice
     kept = f" (kept: epoch {row['kept_epoch']})" if row["kept_epoch"] != row["epoch"] else ""
-    sys.stdout.write(f"[{label}] epoch {row['epoch']}/{epochs}  loss {row.get('loss', float('nan')):.4f}  "
-                     f"val clean {row['clean_acc']:.3f}  robust {row['robust_acc']:.3f} ± {row['robust_se']:.3f}{kept}  "
+    sys.stdout.write(f"[{label}] epoch {row['epoch']}/{epochs}  loss {row['loss']:.4f}  "
+                     f"val clean {row['clean_acc']:.3f}  robust {row['robust_acc']:.3f} ± {row['robust_se']:.3f}"
+                     f"{kept}  "
                      f"{row['images_per_s']:.0f} img/s  eta {left}\n")
     sys.stdout.flush()
 
 
 def _mean_over_workers(sums: dict, count: int, world: int) -> dict:
+    """{part: mean over every worker's images} of per-worker sums."""
     if not sums:
         return {}
     keys = sorted(sums)
     totals = torch.stack([sums[k] for k in keys])
     if world > 1:
         dist.all_reduce(totals)
-    return {f"loss_{k}" if k != "loss" else "loss": v for k, v in zip(keys, (totals / (count * world)).tolist())}
+    return dict(zip(keys, (totals / (count * world)).tolist()))
 
 
 def peak_flops(device: torch.device, bf16: bool) -> float:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from ray.tune import Callback
 
-from raygap import results, storage, study
-from raygap.config import trial_config
+from raygap import layout, results, storage, study
+from raygap.config import searched_values, trial_config
 from raygap.errors import StorageError
 from raygap.progress import eta
 from raygap.ray_compat import trial_error_file
@@ -24,7 +24,7 @@ class Recorder(Callback):
 
     def __init__(self, cfg, experiment: str):
         self.experiment = experiment
-        self.experiment_dir = storage.join(cfg.storage, experiment)
+        self.experiment_dir = layout.experiment(cfg.storage, experiment)
         self.epochs = cfg.train.epochs
         self.objective = cfg.tune.objectives[0]
         self.num_samples = cfg.tune.num_samples
@@ -41,14 +41,14 @@ class Recorder(Callback):
 
     def _row(self, trial) -> dict:
         row = self.rows.setdefault(trial.trial_id, {"trial_id": trial.trial_id, "started_at": time.time()})
-        params = {k: v for k, v in trial.config.items() if k not in ("base", "experiment")}
+        params = searched_values(trial.config)
         cfg = trial_config(trial.config["base"], params)
         row.update({"experiment": self.experiment, "params": json.dumps(params), "config": json.dumps(as_dict(cfg)),
                     **results.flatten(as_dict(cfg))})
         return row
 
     def _save(self, trial_id: str):
-        results.write(storage.join(self.experiment_dir, "trials", f"{trial_id}.parquet"), [self.rows[trial_id]],
+        results.write(layout.part(self.experiment_dir, "trials", trial_id), [self.rows[trial_id]],
                       self.schema)
 
     def _update_metrics(self, row: dict, history: list):
@@ -61,12 +61,10 @@ class Recorder(Callback):
                     "loss": last.get("loss"), "kept_epoch": kept["epoch"], "kept_clean_acc": kept["clean_acc"],
                     "kept_robust_acc": kept["robust_acc"], "kept_clean_se": kept.get("clean_se"),
                     "kept_robust_se": kept.get("robust_se"),
-                    "wall_seconds": sum(r["wall_seconds"] for r in history),
-                    "gpu_seconds": sum(r["gpu_seconds"] for r in history),
-                    "cpu_seconds": sum(r["cpu_seconds"] for r in history)})
+                    **{name: sum(r[name] for r in history) for name in results.EpochRow.summed()}})
 
     def _history(self, trial_id: str) -> list:
-        path = storage.join(self.experiment_dir, "epochs", f"{trial_id}.parquet")
+        path = layout.part(self.experiment_dir, "epochs", trial_id)
         return results.read_part(path).to_dict("records") if storage.exists(path) else []
 
     def get_state(self):
@@ -88,7 +86,7 @@ class Recorder(Callback):
         row = self._row(trial)
         self._update_metrics(row, self._history(trial.trial_id))
         done = (row.get("epochs") or 0) >= self.epochs
-        model_path = storage.join(self.experiment_dir, "runs", trial.trial_id, "model.pt") if done else None
+        model_path = layout.model(layout.run(self.experiment_dir, trial.trial_id)) if done else None
         row.update({"status": "completed" if done else "stopped_early", "ended_at": time.time(),
                     "model_path": model_path})
         self._save(trial.trial_id)

@@ -1,7 +1,8 @@
 """The analysis without Jupyter: `python -m raygap.report [name=EXPERIMENT] [storage=...]`.
 
 For the folder of a `raygap.compare` run, the comparison's page (each arm's test figures, the paired
-differences with their intervals, each search's hyperparameter importance). For a search, it writes the figures of notebooks/analyze_trials.ipynb as PNG files and a page to send to a colleague
+differences with their intervals, each search's hyperparameter importance). For a search, it writes the
+figures of notebooks/analyze_trials.ipynb as PNG files and a page to send to a colleague
 (a one-line summary, the leaderboard and the Pareto front in percent, each figure with what to read
 from it, and the commands that open the study and the tables) to `${storage}/${name}/report/`.
 Without `name`, the experiment under `storage` that changed last.
@@ -15,7 +16,7 @@ import json
 
 import pandas as pd
 
-from raygap import analysis, storage
+from raygap import analysis, layout, storage
 from raygap.cli import entry_point
 from raygap.errors import UserError
 
@@ -106,7 +107,8 @@ def _summary(trials: pd.DataFrame) -> str:
             f"{', '.join(analysis.searched(trials)) or 'nothing'}; {cost}.")
     if not best.empty:
         row = best.iloc[0]
-        se = f" ± {100 * row.kept_robust_se:.1f}" if "kept_robust_se" in best and row.kept_robust_se == row.kept_robust_se else ""
+        known = "kept_robust_se" in best and row.kept_robust_se == row.kept_robust_se  # NaN: a table of before
+        se = f" ± {100 * row.kept_robust_se:.1f}" if known else ""
         line += (f" Best robust validation accuracy {100 * row.kept_robust_acc:.1f}%{se} (clean "
                  f"{100 * row.kept_clean_acc:.1f}%), trial {row.trial_id} at epoch {row.kept_epoch}.")
     return html.escape(line)
@@ -132,15 +134,16 @@ def comparison_page(folder: str) -> str:
     intervals, the figures, each tuned arm's hyperparameter importance, and where each arm's search lies."""
     arms, differences, _ = analysis.load_comparison(folder)
     name = folder.rstrip("/").rsplit("/", 1)[-1]
-    out = storage.join(folder, "report")
+    out = layout.report(folder)
     board = analysis.arm_summary(arms).reset_index()
     shown = differences.assign(measure=differences.measure.replace("robust", "worst case"),
                                difference=differences.difference.map(analysis.points),
                                interval=[f"[{analysis.points(lo)}, {analysis.points(hi)}]"
                                          for lo, hi in zip(differences.low, differences.high)])
     seeds, n = arms.seed.nunique(), int(arms.examples.iloc[0])
-    summary = (f"{arms[arms.tuned].arm.nunique()} methods searched at the same budget ({int(arms[arms.tuned].trials.iloc[0])} "
-               f"trials each), {arms[~arms.tuned].arm.nunique()} untuned, over {seeds} seed{'s' * (seeds > 1)}; every "
+    tuned = arms[arms.tuned]
+    summary = (f"{tuned.arm.nunique()} methods searched at the same budget ({int(tuned.trials.iloc[0])} trials each),"
+               f" {arms[~arms.tuned].arm.nunique()} untuned, over {seeds} seed{'s' * (seeds > 1)}; every "
                f"finalist attacked on the same {n} test images.")
     page = [f"<!doctype html><html><head><meta charset='utf-8'><title>raygap comparison {html.escape(name)}</title>",
             f"<style>{STYLE}</style></head><body>", f"<h1>raygap comparison {html.escape(name)}</h1>",
@@ -178,13 +181,14 @@ def run(cfg) -> str:
     matplotlib.use("Agg")  # files only: no display needed
 
     try:
-        experiment_dir = storage.join(cfg.storage, cfg.name) if cfg.name else analysis.latest_experiment(cfg.storage)
-        if storage.exists(storage.join(experiment_dir, "arms")):
+        named = layout.experiment(cfg.storage, cfg.name) if cfg.name else None
+        experiment_dir = named or analysis.latest_experiment(cfg.storage)
+        if storage.exists(layout.table(experiment_dir, "arms")):
             return comparison_page(experiment_dir)
         trials, epochs = analysis.load(experiment_dir)
     except OSError as err:  # not found, or a storage that cannot be reached (pyarrow's errors are OSErrors)
         raise UserError(f"{' '.join(str(err).split())} (check name= and storage=)") from None
-    out = storage.join(experiment_dir, "report")
+    out = layout.report(experiment_dir)
     name = experiment_dir.rstrip("/").rsplit("/", 1)[-1]
     page = [f"<!doctype html><html><head><meta charset='utf-8'><title>raygap search {html.escape(name)}</title>",
             f"<style>{STYLE}</style></head><body>", f"<h1>raygap search {html.escape(name)}</h1>",

@@ -13,26 +13,74 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import types
 import typing
 from functools import lru_cache
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raygap import storage
+from raygap import layout, storage
 from raygap.errors import UserError
 from raygap.schema import RaygapConfig
 
-# clean_se, robust_se: binomial standard errors of the validation figures; kept_*: the figures of the epoch
-# the run would export if it ended now (train.keep); finished_at: Unix time at the end of the epoch
-EPOCH_METRICS = ["lr", "loss", "clean_acc", "robust_acc", "clean_se", "robust_se", "kept_clean_acc",
-                 "kept_robust_acc", "images_per_s", "mfu", "train_seconds", "wall_seconds", "gpu_seconds",
-                 "cpu_seconds", "finished_at"]
+@dataclasses.dataclass
+class EpochRow:
+    """One epoch of one run, as the loop reports it and the epochs table stores it: a new metric is a new
+    field here (the table's column, Tune's result and the MLflow metric follow). Numbers are float64 columns
+    (int64 for ints); the method's loss parts (`losses`) become loss_<part> columns; text comes last."""
+
+    epoch: int
+    kept_epoch: int  # the epoch whose weights the run would export if it ended now (train.keep)
+    lr: float
+    loss: float
+    clean_acc: float
+    robust_acc: float
+    clean_se: float  # binomial standard errors of the validation figures
+    robust_se: float
+    kept_clean_acc: float  # the kept epoch's figures
+    kept_robust_acc: float
+    images_per_s: float
+    mfu: float | None  # model FLOP utilisation; None off a known GPU
+    train_seconds: float
+    wall_seconds: float = dataclasses.field(metadata={"summed": True})  # a trial's total is the sum over epochs
+    gpu_seconds: float = dataclasses.field(metadata={"summed": True})
+    cpu_seconds: float = dataclasses.field(metadata={"summed": True})
+    finished_at: float  # Unix time at the end of the epoch
+    losses: dict  # the method's loss parts by name (afd: {"adv": ..., "dis": ...})
+    node: str | None  # the Ray node of rank 0; None in this process
+
+    def as_row(self) -> dict:
+        """The flat row: the epochs table's columns, Tune's result, the checkpoint's history entry."""
+        row = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "losses"}
+        return {**row, **{f"loss_{part}": value for part, value in self.losses.items()}}
+
+    @staticmethod
+    def metrics() -> list[str]:
+        """The float columns, loss parts of every method included (what a tracker logs per epoch)."""
+        return [name for name, kind in epoch_columns() if kind == pa.float64()]
+
+    @staticmethod
+    def summed() -> list[str]:
+        """The columns a trial's row totals over its epochs."""
+        return [f.name for f in dataclasses.fields(EpochRow) if f.metadata.get("summed")]
+
+
+@lru_cache(maxsize=None)
+def epoch_columns() -> tuple:
+    """(column, arrow type) of an epoch row, in the table's order: numbers, loss parts, text."""
+    numbers, text = [], []
+    for name, hint in typing.get_type_hints(EpochRow).items():
+        if name == "losses":
+            numbers += [(f"loss_{part}", pa.float64()) for part in loss_parts()]
+        else:
+            (text if _arrow_type(hint) == pa.string() else numbers).append((name, _arrow_type(hint)))
+    return tuple(numbers + text)
 
 
 def _arrow_type(annotation):
     origin = typing.get_origin(annotation)
-    if origin is typing.Union:  # Optional[X]
+    if origin in (typing.Union, types.UnionType):  # Optional[X], X | None
         (inner,) = [a for a in typing.get_args(annotation) if a is not type(None)]
         return _arrow_type(inner)
     if origin in (list, typing.List) or annotation is typing.Any:
@@ -79,9 +127,7 @@ def loss_parts() -> tuple:
 
 @lru_cache(maxsize=None)
 def epochs_schema() -> pa.Schema:
-    fields = [("experiment", pa.string()), ("trial_id", pa.string()), ("epoch", pa.int64()), ("kept_epoch", pa.int64())]
-    fields += [(m, pa.float64()) for m in EPOCH_METRICS] + [(f"loss_{p}", pa.float64()) for p in loss_parts()]
-    fields += [("node", pa.string())]  # the Ray node of rank 0; null in this process
+    fields = [("experiment", pa.string()), ("trial_id", pa.string()), *epoch_columns()]
     return pa.schema(fields + list(config_fields()))
 
 
@@ -112,7 +158,8 @@ def examples_schema(attacks) -> pa.Schema:
     from raygap.attacks import accuracy_key
 
     fields = [("experiment", pa.string()), ("trial_id", pa.string()), ("example", pa.int64()), ("label", pa.int64())]
-    fields += [(f"correct_{accuracy_key(a).removesuffix('_acc')}", pa.bool_()) for a in dict.fromkeys(["clean", *attacks])]
+    fields += [(f"correct_{accuracy_key(a).removesuffix('_acc')}", pa.bool_())
+               for a in dict.fromkeys(["clean", *attacks])]
     return pa.schema(fields + [("correct_robust", pa.bool_())])
 
 
@@ -123,7 +170,7 @@ def write_examples(experiment_dir: str, trial_id: str, result: dict, attacks) ->
     rows = [{"experiment": experiment, "trial_id": trial_id, "example": i, "label": label,
              **{f"correct_{name}": found["correct"][name][i] for name in found["correct"]}}
             for i, label in enumerate(found["label"])]
-    path = storage.join(experiment_dir, "examples", f"{trial_id}.parquet")
+    path = layout.part(experiment_dir, "examples", trial_id)
     write(path, rows, examples_schema(attacks))
     return path
 
@@ -160,7 +207,7 @@ def write_epochs(experiment_dir: str, trial_id: str, config: dict, history: list
     experiment = experiment_dir.rstrip("/").rsplit("/", 1)[-1]
     settings = flatten(config)
     rows = [{"experiment": experiment, "trial_id": trial_id, **settings, **row} for row in history]
-    path = storage.join(experiment_dir, "epochs", f"{trial_id}.parquet")
+    path = layout.part(experiment_dir, "epochs", trial_id)
     write(path, rows, epochs_schema())
     return path
 
@@ -174,7 +221,7 @@ def check_readable(experiment_dir: str, table: str) -> None:
     """Refuse, naming the file, a part file of `table` that Parquet cannot read (before a search adds to it)."""
     import pyarrow as pa
 
-    folder = storage.join(experiment_dir, table)
+    folder = layout.table(experiment_dir, table)
     for name in storage.listdir(folder):
         if name.endswith(".parquet") and not name.startswith("."):
             try:
@@ -188,7 +235,7 @@ def read_table(experiment_dir: str, table: str):
     """A table of an experiment as a pandas DataFrame (empty if nothing was written yet)."""
     import pandas as pd
 
-    folder = storage.join(experiment_dir, table)
+    folder = layout.table(experiment_dir, table)
     if not storage.listdir(folder):
         return pd.DataFrame()
     fs, where = storage.filesystem(folder)

@@ -27,7 +27,7 @@ import tempfile
 import torch
 from omegaconf import OmegaConf
 
-from raygap import checkpoint, storage
+from raygap import checkpoint, layout, storage
 from raygap.errors import UserError
 from raygap.loop import Job, train_loop
 from raygap.ray_compat import max_cluster_resources
@@ -116,7 +116,7 @@ class LocalContext:
     rank, world, cpus, node = 0, 1, 1.0, None
 
     def __init__(self, run_dir: str):
-        self.path = storage.join(run_dir, "state.pt")
+        self.path = layout.state(run_dir)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.gpus = 1.0 if self.device.type == "cuda" else 0.0
 
@@ -233,7 +233,7 @@ def execute(job: Job, *, callbacks: list | None = None, context=None) -> list:
         if isinstance(cause, UserError):
             raise cause from None
         raise
-    return checkpoint.load(storage.join(job.run_dir, "model.pt"))[1]["meta"]["history"]
+    return checkpoint.load(layout.model(job.run_dir))[1]["meta"]["history"]
 
 
 def worker_error(err):
@@ -272,7 +272,7 @@ def natural_key(cfg) -> str:
 
 
 def natural_path(cfg) -> str:
-    return storage.join(cfg.storage, "pretrained", natural_key(cfg), "model.pt")
+    return layout.model(layout.pretrained(cfg.storage, natural_key(cfg)))
 
 
 def natural_model(cfg) -> dict:
@@ -286,5 +286,5 @@ def natural_model(cfg) -> dict:
     print(f"natural pre-training of {cfg.model.name} on {cfg.data.name} for {cfg.pretrain.epochs} epochs "
           f"(cached as {run_dir})", flush=True)
     history = execute(Job(as_dict(cfg), "natural", "pretrain", None, run_dir, label="pretrain"))
-    storage.write_bytes(storage.join(run_dir, "config.yaml"), OmegaConf.to_yaml(cfg).encode())
+    storage.write_bytes(layout.run_config(run_dir), OmegaConf.to_yaml(cfg).encode())
     return {"checkpoint": path, "cached": False, "metrics": history[-1]}

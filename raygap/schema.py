@@ -85,7 +85,8 @@ class TrainConfig:
     lr: float = 0.025
     momentum: float = 0.9
     weight_decay: float = 5e-4  # AFD's official update applies it three times to all but D2 (methods/afd.py)
-    schedule: Schedule = Schedule.step  # step (x lr_decay at each milestone), afd (the official AFD schedule), cosine, constant
+    # step (x lr_decay at each milestone), afd (the official AFD schedule), cosine, constant
+    schedule: Schedule = Schedule.step
     milestones: List[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of training
     lr_decay: float = 0.1
     ema: bool = True  # evaluate and export the weight EMA (decay min(ema_decay, (t+1)/(t+10)))
@@ -123,7 +124,7 @@ class EvalConfig:
     attacks: List[str] = field(default_factory=lambda: ["clean", "fgsm", "pgd20", "cw", "autoattack"])
     n: int = 1000  # the first n test examples; 0 = all
     out: str = ""  # JSON path; empty: eval.json beside the checkpoint
-    format: ReportFormat = ReportFormat.raygap  # raygap (the JSON) or robustbench (also RobustBench's model_info beside it)
+    format: ReportFormat = ReportFormat.raygap  # raygap (the JSON) or robustbench (also RobustBench's model_info)
     info: ModelInfoConfig = field(default_factory=ModelInfoConfig)
     eps: float = SI("${data.eps}")
     norm: Norm = Norm.linf
@@ -173,9 +174,11 @@ class TuneConfig:
     seed: int = 0
     trial_resources: Dict[str, float] = field(default_factory=lambda: {"CPU": 0.1})  # each trial's driver
     max_failures: int = 0  # retries of a trial whose run raised, before it is recorded as failed
-    optuna_storage: str = ""  # an Optuna RDB URL; empty: the journal optuna.journal in the experiment folder (raygap.study)
-    warm_start: str = ""  # an earlier experiment (name under storage, or its folder): its completed trials inform the searcher
-    try_defaults: bool = True  # the first trial trains the config's own values of the searched keys (searcher.defaults_point)
+    optuna_storage: str = ""  # an Optuna RDB URL; empty: the journal optuna.journal in the experiment (raygap.study)
+    # an earlier experiment (a name under storage, or its folder): its completed trials inform the searcher
+    warm_start: str = ""
+    # the first trial trains the config's own values of the searched keys (searcher.defaults_point)
+    try_defaults: bool = True
     trackers: List[Tracker] = field(default_factory=list)  # [mlflow]: each trial an MLflow run too (raygap.trackers)
     mlflow_uri: str = ""  # MLflow's tracking URI; empty: MLflow's own (MLFLOW_TRACKING_URI, else ./mlflow.db)
 
@@ -194,7 +197,7 @@ class CompareConfig:
     """`python -m raygap.compare`: defences searched at one budget, their finalists attacked on the same test images."""
 
     methods: List[str] = field(default_factory=list)  # empty: every method the space's `method` choice offers
-    seeds: List[int] = field(default_factory=lambda: [0])  # one whole search per method and seed (tune.seed, train.seed)
+    seeds: List[int] = field(default_factory=lambda: [0])  # a whole search per method and seed (tune.seed, train.seed)
     untuned: List[str] = field(default_factory=list)  # methods also trained once at their defaults, unsearched
     resamples: int = 10000  # paired bootstrap resamples of the test images (and of the seeds) per interval
 

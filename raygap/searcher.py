@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from omegaconf import OmegaConf
 from ray.tune.search.optuna import OptunaSearch
 
-from raygap import ray_compat, results, storage, study
+from raygap import layout, ray_compat, results, storage, study
 from raygap.errors import UserError
 from raygap.schema import as_dict
 
@@ -121,8 +121,8 @@ class ResumableOptunaSearch(OptunaSearch):
 def warm_start_dir(cfg) -> str:
     """The earlier experiment's folder: tune.warm_start as a folder with a trials table, else a name under storage."""
     source = cfg.tune.warm_start
-    for candidate in (source, storage.join(cfg.storage, source)):
-        if storage.exists(storage.join(candidate, "trials")):
+    for candidate in (source, layout.experiment(cfg.storage, source)):
+        if storage.exists(layout.table(candidate, "trials")):
             return candidate
     raise UserError(f"tune.warm_start: no experiment '{source}' (neither a folder with a trials table nor a name "
                     f"under {cfg.storage}); name an earlier search's experiment")

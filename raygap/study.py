@@ -20,9 +20,8 @@ import hashlib
 import os
 import shlex
 
-from raygap import storage
+from raygap import layout, storage
 
-JOURNAL = "optuna.journal"
 
 
 def _in_bucket(experiment_dir: str) -> bool:
@@ -32,10 +31,10 @@ def _in_bucket(experiment_dir: str) -> bool:
 def journal_path(experiment_dir: str) -> str:
     """The journal file this machine reads and appends to."""
     if not _in_bucket(experiment_dir):
-        return os.path.join(storage.filesystem(experiment_dir)[1], JOURNAL)
+        return os.path.join(storage.filesystem(experiment_dir)[1], layout.JOURNAL)
     key = hashlib.sha256(experiment_dir.rstrip("/").encode()).hexdigest()[:16]
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return os.path.join(cache, "raygap", "studies", key, JOURNAL)
+    return os.path.join(cache, "raygap", "studies", key, layout.JOURNAL)
 
 
 def _sqlite_of_old(experiment_dir: str) -> str | None:
@@ -72,7 +71,7 @@ def fetch(experiment_dir: str) -> None:
     """Copy the bucket's journal to this machine when it is newer (larger: the journal only grows)."""
     if not _in_bucket(experiment_dir):
         return
-    remote, local = storage.join(experiment_dir, JOURNAL), journal_path(experiment_dir)
+    remote, local = storage.join(experiment_dir, layout.JOURNAL), journal_path(experiment_dir)
     if storage.exists(remote):
         data = storage.read_bytes(remote)
         if not os.path.isfile(local) or os.path.getsize(local) < len(data):
@@ -84,4 +83,4 @@ def push(experiment_dir: str) -> None:
     local = journal_path(experiment_dir)
     if _in_bucket(experiment_dir) and os.path.isfile(local):
         with open(local, "rb") as fh:
-            storage.write_bytes(storage.join(experiment_dir, JOURNAL), fh.read())
+            storage.write_bytes(storage.join(experiment_dir, layout.JOURNAL), fh.read())

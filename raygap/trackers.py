@@ -19,8 +19,8 @@ from pathlib import Path
 
 from ray.tune import Callback
 
-from raygap import results, storage
-from raygap.config import trial_config
+from raygap import layout, results, storage
+from raygap.config import searched_values, trial_config
 from raygap.errors import UserError
 from raygap.schema import as_dict
 
@@ -59,7 +59,7 @@ class MLflowTracker(Callback):
     def __init__(self, cfg, experiment: str):
         self.uri = cfg.tune.mlflow_uri or None  # None: MLflow's own (MLFLOW_TRACKING_URI, else ./mlflow.db)
         self.experiment = experiment
-        self.experiment_dir = storage.join(cfg.storage, experiment)
+        self.experiment_dir = layout.experiment(cfg.storage, experiment)
         self.runs: dict = {}  # trial_id -> MLflow run id
         self._client = None
 
@@ -103,7 +103,7 @@ class MLflowTracker(Callback):
         run_id = self.run_id(trial.trial_id)
         if self.client.get_run(run_id).data.params:
             return  # logged by the driver that started it: params cannot change
-        searched = {k: v for k, v in trial.config.items() if k not in ("base", "experiment")}
+        searched = searched_values(trial.config)
         config = results.flatten(as_dict(trial_config(trial.config["base"], searched)))
         params = [Param(k, str(v)[:6000]) for k, v in sorted(config.items())]
         for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
@@ -114,16 +114,16 @@ class MLflowTracker(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         from mlflow.entities import Metric
 
-        names = [*results.EPOCH_METRICS, *(f"loss_{p}" for p in results.loss_parts())]
         step = int(result["epoch"])
-        metrics = [Metric(k, float(result[k]), int(result["finished_at"] * 1000), step) for k in names
-                   if isinstance(result.get(k), (int, float)) and k != "finished_at"]
+        logged = [k for k in results.EpochRow.metrics()
+                  if k != "finished_at" and isinstance(result.get(k), (int, float))]
+        metrics = [Metric(k, float(result[k]), int(result["finished_at"] * 1000), step) for k in logged]
         self.client.log_batch(self.run_id(trial.trial_id), metrics=metrics)
 
     @_never_stops_the_search
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self.run_id(trial.trial_id)
-        model = storage.join(self.experiment_dir, "runs", trial.trial_id, "model.pt")
+        model = layout.model(layout.run(self.experiment_dir, trial.trial_id))
         if storage.exists(model):  # a trial stopped early exported none
             with tempfile.TemporaryDirectory() as folder:
                 local = os.path.join(folder, "model.pt")

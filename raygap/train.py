@@ -9,7 +9,7 @@ at once when it is finished.
 
 from __future__ import annotations
 
-from raygap import checkpoint, runner, storage
+from raygap import checkpoint, layout, runner, storage
 from raygap.cli import entry_point
 from raygap.loop import Job
 from raygap.methods import from_scratch
@@ -23,8 +23,8 @@ def run_name(cfg) -> str:
 
 def run(cfg) -> dict:
     storage.check_writable(cfg.storage)
-    run_dir = storage.join(cfg.storage, run_name(cfg))
-    model_path = storage.join(run_dir, "model.pt")
+    run_dir = layout.train_run(cfg.storage, run_name(cfg))
+    model_path = layout.model(run_dir)
     if storage.exists(model_path):
         print(f"run {run_dir} is finished already", flush=True)
         history = checkpoint.load(model_path)[1]["meta"]["history"]

@@ -21,10 +21,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from raygap import ray_compat, results, runner, searcher, stopping, storage, study, trackers
+from raygap import layout, ray_compat, results, runner, searcher, stopping, storage, study, trackers
 from raygap.analysis import how_to_open, leaderboard, pareto_front
 from raygap.cli import entry_point
-from raygap.config import trial_config
+from raygap.config import searched_values, trial_config
 from raygap.errors import StorageError, UserError
 from raygap.lock import DriverLock
 from raygap.loop import Job
@@ -50,10 +50,10 @@ def run_trial(config: dict) -> None:
 
     runner.free_memory()  # a reused process: the previous trial's memory back before this one allocates
     trial_id = ray.tune.get_context().get_trial_id()
-    cfg = trial_config(config["base"], {k: v for k, v in config.items() if k != "base"})
-    experiment_dir = storage.join(cfg.storage, config["experiment"])
+    cfg = trial_config(config["base"], searched_values(config))
+    experiment_dir = layout.experiment(cfg.storage, config["experiment"])
     start = None if from_scratch(cfg) else cfg.pretrained
-    run_dir = storage.join(experiment_dir, "runs", trial_id)
+    run_dir = layout.run(experiment_dir, trial_id)
     context = None  # a Ray Train run of train.workers workers
     if cfg.train.workers == 0:  # this process trains: no Train controller and workers to start, seconds a trial
         context = runner.TuneTrialContext(run_dir, cfg.train.cpus_per_worker, cfg.train.gpus_per_worker)
@@ -89,7 +89,7 @@ def run(cfg, search: str = DEFAULT_SEARCH) -> dict:
     if not cfg.tune.space:
         raise UserError(f"search space '{search}' has no tune.space; choose a search space with search=<name>")
     experiment = experiment_name(cfg, search)
-    experiment_dir = storage.join(cfg.storage, experiment)
+    experiment_dir = layout.experiment(cfg.storage, experiment)
     storage.check_writable(cfg.storage)
     own = trial_process_resources(cfg)
     # A Train run's workers come on top of the trial's process; a trial that trains itself is one process on one node
@@ -179,17 +179,17 @@ def finalists(cfg, experiment_dir: str) -> None:
     done = frame[frame.status == "completed"].sort_values(objective.metric, ascending=objective.mode == "min")
     columns = results.test_columns(cfg)
     for row in done.head(cfg.final_eval.top_k).to_dict("records"):
-        examples = storage.join(experiment_dir, "examples", f"{row['trial_id']}.parquet")
+        examples = layout.part(experiment_dir, "examples", row["trial_id"])
         if row.get("finalist") and all(row.get(c) is not None and row[c] == row[c] for c in columns) \
                 and storage.exists(examples):
             continue
         print(f"[search] evaluating finalist {row['trial_id']} on the test split: {', '.join(cfg.final_eval.attacks)}",
               flush=True)
         result = final_evaluation(cfg, json.loads(row["config"]), row["model_path"],
-                                  storage.join(experiment_dir, "runs", row["trial_id"], "final_eval.json"))
+                                  layout.final_eval(layout.run(experiment_dir, row["trial_id"])))
         results.write_examples(experiment_dir, row["trial_id"], result, cfg.final_eval.attacks)
         row.update({c: result[c[len("test_"):]] for c in columns}, finalist=True)
-        results.write(storage.join(experiment_dir, "trials", f"{row['trial_id']}.parquet"), [row],
+        results.write(layout.part(experiment_dir, "trials", row["trial_id"]), [row],
                       results.trials_schema(cfg))
 
 
@@ -207,8 +207,8 @@ def final_evaluation(cfg, run_config: dict, model_path: str, out: str) -> dict:
 
 
 def _evaluate(cfg):
-    """robustness.evaluate_checkpoint with its table returned rather than printed: Ray forwards a task's output late, and
-    out of order with the driver's. It takes every core of its node: the search is over and finalists
+    """robustness.evaluate_checkpoint with its table returned rather than printed: Ray forwards a task's output
+    late, and out of order with the driver's. It takes every core of its node: the search is over and finalists
     are evaluated one at a time, but Ray gives a task of under 2 CPUs one thread (AutoAttack on the
     laptop default's finalist: 134 s on one, 75 s on two cores)."""
     import torch

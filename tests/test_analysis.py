@@ -18,7 +18,9 @@ import pytest
 from nbclient import NotebookClient
 
 from raygap import analysis, study
-from conftest import free_port, run_cli, wait_for_port
+from helpers import free_port, run_cli, wait_for_port
+
+pytestmark = pytest.mark.slow  # searches, then a real kernel and a dashboard read them back
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "analyze_trials.ipynb"
 FIGURES = ["pareto", "learning_curves", "hyperparameters", "importances", "cost"]
@@ -143,8 +145,8 @@ def test_report_of_a_missing_experiment_is_one_line_and_exit_2(tmp_path):
 def test_helpers_read_the_search_as_it_ran(small_search):
     experiment_dir = small_search[0]
     trials, epochs = analysis.load(str(experiment_dir))
-    assert analysis.searched(trials) == ["method.disentangler_size", "method.align_weight", "attack.eps", "method.alpha",
-                                         "method.sigma", "train.lr", "train.weight_decay"]
+    assert analysis.searched(trials) == ["method.disentangler_size", "method.align_weight", "attack.eps",
+                                         "method.alpha", "method.sigma", "train.lr", "train.weight_decay"]
     assert analysis.final_attack(trials) == "test_robust_acc"  # the worst case over the finalists' attacks
     importance = analysis.importances(str(experiment_dir))
     assert set(importance.index) <= set(analysis.searched(trials)) and len(importance) >= 1

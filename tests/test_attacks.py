@@ -15,6 +15,7 @@ def model_and_test(natural_digits):
 
 @pytest.mark.parametrize("name,norm,eps", [("fgsm", "linf", 0.1), ("pgd10", "linf", 0.1), ("cw20", "linf", 0.1),
                                            ("pgd10", "l2", 1.0), ("fgsm", "l2", 1.0)])
+@pytest.mark.slow
 def test_attacks_stay_in_the_ball_and_the_image_range(model_and_test, name, norm, eps):
     _, model, test = model_and_test
     x, y = data.to_float(test.x[:64]), test.y[:64]
@@ -26,6 +27,7 @@ def test_attacks_stay_in_the_ball_and_the_image_range(model_and_test, name, norm
     assert (x_adv != x).any(), "the attack changed nothing"
 
 
+@pytest.mark.slow
 def test_attack_steps_take_input_gradients_only(model_and_test):
     _, model, test = model_and_test
     model.requires_grad_(True)
@@ -36,6 +38,7 @@ def test_attack_steps_take_input_gradients_only(model_and_test):
         model.requires_grad_(False)
 
 
+@pytest.mark.slow
 def test_natural_model_accuracy_orders_the_attacks(model_and_test):
     cfg, model, test = model_and_test
     eps = cfg.eval.eps

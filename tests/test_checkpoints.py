@@ -7,6 +7,7 @@ from raygap import checkpoint, config, runner
 from raygap.errors import UserError
 
 
+@pytest.mark.slow
 def test_pretraining_twice_reuses_the_cached_checkpoint(natural_digits):
     cfg, path = natural_digits
     mtime = os.path.getmtime(path)
@@ -15,6 +16,7 @@ def test_pretraining_twice_reuses_the_cached_checkpoint(natural_digits):
     assert os.path.getmtime(path) == mtime
 
 
+@pytest.mark.slow
 def test_cache_key_ignores_execution_settings_but_not_training_settings(natural_digits):
     cfg, _ = natural_digits
     base = runner.natural_key(cfg)
@@ -24,6 +26,7 @@ def test_cache_key_ignores_execution_settings_but_not_training_settings(natural_
     assert runner.natural_key(other) != base
 
 
+@pytest.mark.slow
 def test_checkpoint_holds_config_and_loads_with_weights_only(natural_digits):
     _, path = natural_digits
     payload = torch.load(path, weights_only=True)
@@ -33,6 +36,7 @@ def test_checkpoint_holds_config_and_loads_with_weights_only(natural_digits):
     assert model(torch.rand(2, 1, 8, 8)).shape == (2, 10)
 
 
+@pytest.mark.slow
 def test_foreign_and_corrupt_checkpoints_are_refused(tmp_path, natural_digits):
     foreign = tmp_path / "foreign.pt"
     torch.save({"weight": torch.zeros(3)}, foreign)
@@ -44,6 +48,7 @@ def test_foreign_and_corrupt_checkpoints_are_refused(tmp_path, natural_digits):
         checkpoint.load(str(corrupt))
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_architecture_is_refused(natural_digits):
     _, path = natural_digits
     model, payload = checkpoint.load(path)

@@ -1,10 +1,12 @@
-"""Bad input through the real command line: one clear line on stderr, exit status 2, nothing written."""
+"""Bad input to the commands: one clear line on stderr, exit status 2, nothing written. The table of bad
+overrides runs each command's main() in this process (a new interpreter per row took two minutes); one row
+and the refusals after it run the real command line."""
 
 import re
 
 import pytest
 
-from conftest import run_cli
+from helpers import run_cli, run_main
 
 BAD = [
     (["foo=1"], "unknown config key 'foo'"),
@@ -28,13 +30,17 @@ BAD = [
     (["eval.eps=2"], "covers the whole [0, 1] pixel range"),
     (["eval.format=csv"], "eval.format 'csv' is unknown; choose one of: raygap, robustbench"),
     (["eval.format=robustbench", "eval.attacks=[clean,pgd20]"], "add autoattack to eval.attacks"),
-    (["eval.format=robustbench", "eval.n=500"], "eval.format=robustbench reports the whole test split, and eval.n=500 evaluates part of it: set eval.n=0"),
-    (["recipe=trades_paper", "model=resnet18"], "model=resnet18 departs from recipe=trades_paper, which trains the paper's model=wrn34_10"),
+    (["eval.format=robustbench", "eval.n=500"],
+     "eval.format=robustbench reports the whole test split, and eval.n=500 evaluates part of it: set eval.n=0"),
+    (["recipe=trades_paper", "model=resnet18"],
+     "model=resnet18 departs from recipe=trades_paper, which trains the paper's model=wrn34_10"),
     (["data.val_fraction=0"], "train.keep=best chooses the epoch on validation, and data.val_fraction=0 leaves none"),
     (["data.val_fraction=1"], "data.val_fraction must lie in [0, 1) (0: no validation split), got 1.0"),
     (["eval.info.reported=high"], "eval.info.reported must be a percentage such as 47.40"),
-    (["method=afd", "method.update=triple"], "method.update 'triple' is unknown; choose one of: official, official_torch2, split"),
-    (["train.schedule=onecycle"], "pretrain.schedule 'onecycle' is unknown; choose one of: step, afd, cosine, constant"),
+    (["method=afd", "method.update=triple"],
+     "method.update 'triple' is unknown; choose one of: official, official_torch2, split"),
+    (["train.schedule=onecycle"],
+     "pretrain.schedule 'onecycle' is unknown; choose one of: step, afd, cosine, constant"),
     (["recipe=madry"], "unknown recipe 'madry'; choose one of: afd_paper, mart_paper, trades_paper"),
     (["init=imagenet"], "init 'imagenet' is unknown; choose one of: auto, pretrained, scratch"),
 ]
@@ -43,7 +49,7 @@ BAD = [
 @pytest.mark.parametrize("args,message", BAD)
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     storage = tmp_path / "results"
-    proc = run_cli("pretrain", f"storage={storage}", *args)
+    proc = run_main("pretrain", f"storage={storage}", *args)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("raygap: error:"), proc.stderr
@@ -60,11 +66,18 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
 ])
 def test_bad_input_to_the_cifar100_search_is_refused(tmp_path, args, message):
     storage = tmp_path / "results"
-    proc = run_cli("tune", "search=afd_cifar100", f"storage={storage}", *args)
+    proc = run_main("tune", "search=afd_cifar100", f"storage={storage}", *args)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
     assert not storage.exists()
+
+
+def test_the_real_command_line_refuses_as_the_command_does_in_process(tmp_path):
+    args = ("pretrain", f"storage={tmp_path / 'results'}", "attack.eps=-0.1")
+    real, in_process = run_cli(*args), run_main(*args)
+    assert (real.returncode, real.stderr) == (in_process.returncode, in_process.stderr) == (2, in_process.stderr)
+    assert in_process.stderr.startswith("raygap: error: bad config: attack.eps must be >= 0")
 
 
 def test_unreadable_checkpoint_is_refused(tmp_path):
@@ -75,6 +88,7 @@ def test_unreadable_checkpoint_is_refused(tmp_path):
     assert not (tmp_path / "out.json").exists()
 
 
+@pytest.mark.slow
 def test_checkpoint_on_images_of_the_wrong_shape_is_refused(tmp_path, natural_digits):
     proc = run_cli("evaluate", f"checkpoint={natural_digits[1]}", "data=cifar10", f"data.root={tmp_path}")
     # the data is missing, too; the shape is checked once the data loads, so write the data first
@@ -86,6 +100,7 @@ def test_checkpoint_on_images_of_the_wrong_shape_is_refused(tmp_path, natural_di
     assert proc.returncode == 2 and "takes (1, 8, 8) images" in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_diverging_run_is_one_line_and_its_rerun_ends_at_once_with_the_same_reason(tmp_path, natural_digits):
     args = ["train", f"storage={tmp_path}", "name=nan", "method=vaft", "train.lr=10000", "train.epochs=3",
             f"pretrained={natural_digits[1]}"]
@@ -128,7 +143,8 @@ def test_a_built_wheel_runs_a_command_from_another_directory(tmp_path):
     subprocess.run([*pip, "install", "--no-deps", "--target", str(target), str(wheel)], check=True, capture_output=True)
     env = dict(os.environ, PYTHONPATH=str(target), RAY_AUTH_MODE="disabled")  # ahead of the editable checkout
     code = ("import raygap, raygap.config as c; print(raygap.__file__); print(c.config_dir()); "
-            "[c.load(['storage=/tmp/unused', 'data.root=/tmp/unused'], p.stem) for p in sorted(c.config_dir().glob('*.yaml')) if p.stem != 'raygap']")
+            "[c.load(['storage=/tmp/unused', 'data.root=/tmp/unused'], p.stem) "
+            "for p in sorted(c.config_dir().glob('*.yaml')) if p.stem != 'raygap']")
     proc = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     package, configs = proc.stdout.split()[:2]

@@ -16,8 +16,10 @@ import pytest
 import ray
 import yaml
 
-from conftest import free_ports
+from helpers import free_ports
 from raygap import results
+
+pytestmark = pytest.mark.slow  # starts Ray clusters and submits jobs to them
 
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER = ROOT / "cluster"
@@ -75,7 +77,8 @@ def test_rayignore_keeps_results_data_checkpoints_and_git_out_of_the_upload(tmp_
 
     copy_ = tmp_path / "repo"
     top_level_junk = {".ci-venv", ".venv", "raygap_results", "data", ".git"}
-    shutil.copytree(ROOT, copy_, ignore=lambda folder, names: top_level_junk & set(names) if Path(folder) == ROOT else [])
+    shutil.copytree(ROOT, copy_,
+                    ignore=lambda folder, names: top_level_junk & set(names) if Path(folder) == ROOT else [])
     for junk in ["raygap_results/x/trials/a.parquet", "data/cifar-10-batches-py/data_batch_1", "model.pt",
                  ".git/objects/pack/big", "raygap_results/x/optuna.db"]:
         (copy_ / junk).parent.mkdir(parents=True, exist_ok=True)
@@ -142,7 +145,8 @@ def test_a_search_submitted_to_a_local_autoscaling_cluster_runs_on_added_gpu_nod
              "train.gpus_per_worker=1", "train.cpus_per_worker=1", "train.backend=gloo",
              "tune.trial_resources={CPU:0.1,trial_driver:1}", "final_eval.n=50", "final_eval.attacks=[clean,pgd20]"],
             env=env, capture_output=True, text=True, timeout=900)
-        assert compare.returncode == 0 and "succeeded" in compare.stdout, compare.stdout[-3000:] + compare.stderr[-3000:]
+        assert compare.returncode == 0 and "succeeded" in compare.stdout, \
+            compare.stdout[-3000:] + compare.stderr[-3000:]
         arms = results.read_table(tmp_path / "compared", "arms")
         assert list(arms.arm) == ["vaft (tuned)", "afd (tuned)"] and (arms.examples == 50).all()
         assert not results.read_table(tmp_path / "compared", "differences").empty

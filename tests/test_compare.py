@@ -7,13 +7,14 @@ import numpy as np
 import nbformat
 import pandas as pd
 import pytest
+import ray
 from nbclient import NotebookClient
 
 from raygap import analysis, results
 from raygap.config import load
 from raygap.compare import own_space, plan
 
-from conftest import run_cli
+from helpers import run_cli, run_main
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "analyze_trials.ipynb"
 
@@ -46,8 +47,8 @@ def test_each_method_is_searched_over_its_own_keys_at_the_same_budget(tmp_path):
                 "compare.untuned=[afd]"], "defences")
     arms = plan(cfg, "defences")
     assert [(a.method, a.tuned, a.seed) for a in arms] == [
-        ("vaft", True, 0), ("afd", True, 0), ("trades", True, 0), ("afd", False, 0), ("vaft", True, 1), ("afd", True, 1),
-        ("trades", True, 1), ("afd", False, 1)]
+        ("vaft", True, 0), ("afd", True, 0), ("trades", True, 0), ("afd", False, 0),
+        ("vaft", True, 1), ("afd", True, 1), ("trades", True, 1), ("afd", False, 1)]
     shared = {"train.lr", "train.weight_decay", "attack.eps"}
     spaces = {a.method: set(a.cfg.tune.space) for a in arms if a.tuned}
     assert spaces == {"vaft": shared, "afd": shared | {"method.alpha", "method.sigma", "method.align_weight"},
@@ -85,14 +86,15 @@ tune:
     (["search=data.yaml"], "tune.space.data.val_fraction: a comparison gives every method the same data"),
     (["search=foreign.yaml"], "tune.space.method.gamma names a key that does not exist"),
 ])
-def test_bad_comparisons_are_one_line_and_exit_2_before_anything_starts(tmp_path, args, message):
+def test_bad_comparisons_are_one_line_and_exit_2_before_anything_starts(tmp_path, monkeypatch, args, message):
     (tmp_path / "data.yaml").write_text(DATA_SEARCHED)
     (tmp_path / "foreign.yaml").write_text(FOREIGN_KEY)
     storage = tmp_path / "results"
-    proc = run_cli("compare", f"storage={storage}", *args, cwd=tmp_path)
+    monkeypatch.chdir(tmp_path)
+    proc = run_main("compare", f"storage={storage}", *args)  # the command's main() in this process
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
     assert message in proc.stderr and "Traceback" not in proc.stderr
-    assert not storage.exists() and "ray" not in proc.stdout.lower()  # nothing written, no Ray started
+    assert not storage.exists() and not ray.is_initialized()  # nothing written, no Ray started
 
 
 SHORT = ["methods=[vaft,afd]", "untuned=[afd]", "tune.num_samples=2", "train.epochs=2", "tune.scheduler.grace_period=1",
@@ -108,6 +110,7 @@ def comparison(tmp_path_factory, natural_digits):
     return storage / "short", proc, args
 
 
+@pytest.mark.slow
 def test_a_short_comparison_searches_each_method_at_the_same_budget_on_the_same_test_images(comparison):
     folder, proc, args = comparison
     assert proc.stdout.strip().splitlines()[-1] == str(folder)
@@ -139,6 +142,7 @@ def test_a_short_comparison_searches_each_method_at_the_same_budget_on_the_same_
     pd.testing.assert_frame_equal(results.read_table(folder, "arms"), arms)
 
 
+@pytest.mark.slow
 def test_the_report_and_the_notebook_show_the_comparison(comparison, tmp_path):
     folder = comparison[0]
     proc = run_cli("report", f"storage={folder.parent}", f"name={folder.name}")

@@ -14,7 +14,7 @@ from PIL import Image
 from raygap import data
 from raygap.errors import UserError
 
-from conftest import CIFAR_SAMPLE, cifar_tree, load, run_cli, tiny_imagenet_tree
+from helpers import CIFAR_SAMPLE, cifar_tree, load, run_cli, tiny_imagenet_tree
 
 RNG = np.random.default_rng(0)
 
@@ -27,7 +27,8 @@ def write_cifar10(root, per_batch=20):
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {"data": images(per_batch, 3, 32, 32).reshape(per_batch, -1), "labels": list(RNG.integers(0, 10, per_batch))}
+        batch = {"data": images(per_batch, 3, 32, 32).reshape(per_batch, -1),
+                 "labels": list(RNG.integers(0, 10, per_batch))}
         with open(folder / name, "wb") as fh:
             pickle.dump(batch, fh)
 
@@ -76,7 +77,8 @@ def test_cifar100_pickle_files(tmp_path):
 def test_tiny_imagenet_official_layout_labels_val_images_from_their_annotations(tmp_path):
     root = tiny_imagenet_tree(tmp_path)
     for given in (root, root.parent):  # the unzipped folder, or the folder holding it
-        dataset = data.load(load("data=tiny_imagenet", f"data.root={given}", "data.val_fraction=0.25", storage=tmp_path).data)
+        cfg = load("data=tiny_imagenet", f"data.root={given}", "data.val_fraction=0.25", storage=tmp_path)
+        dataset = data.load(cfg.data)
         assert dataset.in_shape == (3, 64, 64) and dataset.num_classes == 3
         assert (len(dataset.train) + len(dataset.val), len(dataset.test)) == (18, 6)  # val/ is the test split
     # the labels of the test split are the annotations' classes, in sorted-wnid order (wnids.txt is not sorted)
@@ -130,10 +132,12 @@ def break_tiny(root, how):
     shutil.rmtree(root)  # a zip that is not the official archive
     root.mkdir()
     (root / "tiny-imagenet-200.zip").write_bytes(b"PK\x03\x04 not the archive")
-    return "tiny-imagenet-200.zip is not the official archive \\(MD5 [0-9a-f]{32}, expected 90528d7ca1a48142e341f4ef8d21d0de\\)"
+    return ("tiny-imagenet-200.zip is not the official archive "
+            "\\(MD5 [0-9a-f]{32}, expected 90528d7ca1a48142e341f4ef8d21d0de\\)")
 
 
-@pytest.mark.parametrize("how", ["annotations", "wnid", "annotated_wnid", "damaged", "imagefolder", "cifar", "checksum"])
+@pytest.mark.parametrize("how", ["annotations", "wnid", "annotated_wnid", "damaged", "imagefolder", "cifar",
+                                 "checksum"])
 def test_a_broken_tiny_imagenet_is_one_line_exit_2_and_nothing_cached(tmp_path, how):
     root = tiny_imagenet_tree(tmp_path)
     message = break_tiny(root, how)
@@ -141,7 +145,8 @@ def test_a_broken_tiny_imagenet_is_one_line_exit_2_and_nothing_cached(tmp_path, 
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert re.search(message, lines[0]), lines[0]
-    assert not list(root.rglob("*.npz")) and not list(root.glob(".tiny-imagenet-200-*"))  # nothing cached or half-extracted
+    # nothing cached or half-extracted
+    assert not list(root.rglob("*.npz")) and not list(root.glob(".tiny-imagenet-200-*"))
     assert not (tmp_path / "results").exists()
 
 
@@ -186,7 +191,8 @@ def test_cifar10_jpeg_tree_gets_the_cifar_settings_and_is_decoded_once(tmp_path,
     assert (len(first.train), len(first.val), len(first.test)) == (216, 24, 60)  # test carved: 20% of 300
     cfg = load("data=cifar10_folder", f"data.root={tree}", storage=tmp_path).data
     assert (cfg.eps, cfg.crop_padding, cfg.flip) == (8 / 255, 4, True)
-    airplane = np.asarray(Image.open(CIFAR_SAMPLE / "train" / "airplane" / "0000.jpg").convert("RGB")).transpose(2, 0, 1)
+    airplane = Image.open(CIFAR_SAMPLE / "train" / "airplane" / "0000.jpg").convert("RGB")
+    airplane = np.asarray(airplane).transpose(2, 0, 1)
     everything = torch.cat([first.train.x, first.val.x, first.test.x]).numpy()
     labels = torch.cat([first.train.y, first.val.y, first.test.y]).numpy()
     assert labels[[i for i, x in enumerate(everything) if np.array_equal(x, airplane)]].tolist() == [0]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import run_cli
+from helpers import run_cli
 from raygap import checkpoint, data
 from raygap.attacks import AUTOATTACK, AutoAttackLog, make_attack, standard_autoattack
 from raygap.schema import ModelInfoConfig
@@ -39,12 +39,14 @@ def robustbench(natural_digits, tmp_path_factory):
     return json.loads(out.read_text()), json.loads(out.with_suffix(".model_info.json").read_text())
 
 
+@pytest.mark.slow
 def test_the_autoattack_that_runs_is_the_standard_version(natural_digits):
     model, _ = checkpoint.load(natural_digits[1])
     driver = standard_autoattack(model, eps=8 / 255, norm="linf", num_classes=10, seed=0, device="cpu")
     assert driver.attacks_to_run == ["apgd-ce", "apgd-t", "fab-t", "square"]
     assert (driver.apgd.n_iter, driver.apgd.n_restarts, driver.apgd.loss) == (100, 1, "ce")
-    assert (driver.apgd_targeted.n_iter, driver.apgd_targeted.n_restarts, driver.apgd_targeted.n_target_classes) == (100, 1, 9)
+    targeted = driver.apgd_targeted
+    assert (targeted.n_iter, targeted.n_restarts, targeted.n_target_classes) == (100, 1, 9)
     assert (driver.fab.n_iter, driver.fab.n_restarts, driver.fab.n_target_classes) == (100, 1, 9)
     assert (driver.square.n_queries, driver.square.p_init, driver.square.rescale_schedule) == (5000, 0.8, False)
     assert driver.epsilon == 8 / 255 and driver.norm == "Linf"
@@ -96,6 +98,7 @@ def test_an_attack_over_several_batches_reports_each_with_an_eta():
         assert all(line.split()[0] == "black" for line in batches)  # clean is not attacked in batches
 
 
+@pytest.mark.slow
 def test_the_json_has_each_attack_the_worst_case_and_how_it_was_run(evaluated):
     proc, result = evaluated
     assert proc.stdout.strip().splitlines()[-1].endswith("eval.json")
@@ -111,6 +114,7 @@ def test_the_json_has_each_attack_the_worst_case_and_how_it_was_run(evaluated):
     assert set(result["seconds"]) == set(ATTACKS) and isinstance(result["warnings"], list)
 
 
+@pytest.mark.slow
 def test_stronger_attacks_find_more_on_a_natural_model(evaluated):
     _, r = evaluated
     # AutoAttack starts with the same APGD-CE (same seed, same points), so it can only do better
@@ -122,6 +126,7 @@ def test_stronger_attacks_find_more_on_a_natural_model(evaluated):
     assert r["robust_acc"] <= r["autoattack_acc"]
 
 
+@pytest.mark.slow
 def test_standard_autoattack_is_no_weaker_than_torchattacks_port(evaluated, natural_digits):
     torchattacks = pytest.importorskip(
         "torchattacks", reason="torchattacks is not a dependency (it pins requests 2.25); pip install --no-deps "
@@ -138,6 +143,7 @@ def test_standard_autoattack_is_no_weaker_than_torchattacks_port(evaluated, natu
     assert evaluated[1]["autoattack_acc"] <= old_acc + 0.01
 
 
+@pytest.mark.slow
 def test_model_info_is_robustbench_format(robustbench):
     result, info = robustbench
     assert result["n_examples"] == 359  # all of the digits' test split
@@ -156,6 +162,7 @@ def test_model_info_is_robustbench_format(robustbench):
     assert (cifar["eps"], cifar["architecture"], cifar["reported"]) == ("8/255", "WideResNet-34-10", "47.40")
 
 
+@pytest.mark.slow
 def test_a_model_that_trips_autoattacks_checks_is_flagged_and_its_progress_shown(natural_digits):
     cfg, path = natural_digits
     model, _ = checkpoint.load(path)
@@ -170,6 +177,7 @@ def test_a_model_that_trips_autoattacks_checks_is_flagged_and_its_progress_shown
     assert len(progress) == 1 and "after APGD-CE" in progress[0], progress  # the authors' own progress line
 
 
+@pytest.mark.slow
 def test_eval_n_beyond_the_test_split_evaluates_all_of_it(natural_digits, tmp_path):
     out = tmp_path / "eval.json"
     proc = run_cli("evaluate", f"checkpoint={natural_digits[1]}", "eval.attacks=[clean,fgsm]", "eval.n=100000",
@@ -179,6 +187,7 @@ def test_eval_n_beyond_the_test_split_evaluates_all_of_it(natural_digits, tmp_pa
     assert json.loads(out.read_text())["n_examples"] == 359
 
 
+@pytest.mark.slow
 def test_a_missing_autoattack_install_is_one_line(natural_digits, tmp_path):
     out = tmp_path / "eval.json"
     # pyautoattack made unimportable, as in an environment installed without it

@@ -1,4 +1,5 @@
-"""The shape of the code: the typed configuration is a leaf, no module imports back into itself, one ETA."""
+"""The shape of the code: the typed configuration is a leaf, no module imports back into itself, raygap is
+imported at the top of a file, one ETA."""
 
 import ast
 from pathlib import Path
@@ -44,6 +45,24 @@ def test_no_module_imports_back_into_itself():
     for module in graph:
         visit(module, [module])
     assert not cycles, cycles
+
+
+def test_raygap_is_imported_inside_a_function_only_where_the_readme_allows():
+    """results.py alone: a notebook that reads the tables should not load torch through methods/ and attacks.py."""
+    local = set()
+    for path in PACKAGE.rglob("*.py"):
+        for function in ast.walk(ast.parse(path.read_text())):
+            if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for node in ast.walk(function):
+                    if isinstance(node, ast.ImportFrom):
+                        names = [node.module or ""]
+                    elif isinstance(node, ast.Import):
+                        names = [a.name for a in node.names]
+                    else:
+                        continue
+                    if any(name.split(".")[0] == "raygap" for name in names):
+                        local.add(module_name(path))
+    assert local == {"raygap.results"}, local
 
 
 def test_eta_counts_hours_past_a_day():

@@ -49,7 +49,8 @@ def test_the_readme_defence_checks_its_params_before_anything_runs(tmp_path):
 
 
 def test_every_file_of_the_package_registers_its_method():
-    files = {f"raygap.methods.{m.name}" for m in pkgutil.iter_modules(raygap.methods.__path__)} - {"raygap.methods.base"}
+    files = {f"raygap.methods.{m.name}" for m in pkgutil.iter_modules(raygap.methods.__path__)}
+    files -= {"raygap.methods.base"}
     assert {cls.__module__ for cls in METHODS.values()} == files
     assert all(METHODS[name].Params().name == name for name in METHODS)
 

@@ -10,7 +10,7 @@ from raygap.loop import compile_mode, lr_factor, train_step
 from raygap.methods import METHODS, afd, base, drrdn, from_scratch, mart, trades
 from raygap.models import Classifier
 
-from conftest import load
+from helpers import load
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +31,7 @@ def afd_objective(path, **params):
 
 
 @pytest.mark.parametrize("size", [None, 16])
+@pytest.mark.slow
 def test_afd_starts_at_the_pretrained_model(batch, size):
     _, path, x, y = batch
     objective = afd_objective(path, disentangler_size=size)
@@ -38,6 +39,7 @@ def test_afd_starts_at_the_pretrained_model(batch, size):
         torch.testing.assert_close(objective.module(x), fresh(path)(x), atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow
 def test_a_disentangler_larger_than_the_feature_is_the_full_matrix(batch, capsys):
     _, path, _, _ = batch
     module = afd_objective(path, disentangler_size=500).module
@@ -45,6 +47,7 @@ def test_a_disentangler_larger_than_the_feature_is_the_full_matrix(batch, capsys
     assert capsys.readouterr().out.count("disentangler_size 500 exceeds the feature dimension 200") == 1
 
 
+@pytest.mark.slow
 def test_afd_export_folds_d1_into_the_classifier(batch):
     _, path, x, _ = batch
     module = afd_objective(path, disentangler_size=8).module
@@ -58,6 +61,7 @@ def test_afd_export_folds_d1_into_the_classifier(batch):
     assert type(exported.neck) is torch.nn.Identity and exported.head.weight.shape == (10, 200)
 
 
+@pytest.mark.slow
 def test_afd_split_gradient_routing(batch):
     _, path, x, y = batch
     objective = afd_objective(path, disentangler_size=16, update="split")
@@ -88,7 +92,8 @@ LR, MOMENTUM, WD, ALPHA, SIGMA, GAMMA = 0.025, 0.9, 5e-4, 0.05, 0.25, 25.0
 
 
 class OfficialForward(torch.nn.Module):
-    """models/resnet.py's ResNet18_FS forward with prejection=True: (logits of D1 f, of D2 stopgrad(f)), (D1 f, D2 f)."""
+    """models/resnet.py's ResNet18_FS forward with prejection=True: (logits of D1 f, of D2 stopgrad(f)),
+    (D1 f, D2 f)."""
 
     def __init__(self, module):
         super().__init__()
@@ -158,7 +163,8 @@ def batches(steps):
     generator = torch.Generator().manual_seed(1)
     for _ in range(steps):
         x = torch.rand(16, 1, 3, 4, generator=generator)
-        yield x, (x + 0.03 * torch.randn(x.shape, generator=generator)).clamp(0, 1), torch.randint(0, 4, (16,), generator=generator)
+        x_adv = (x + 0.03 * torch.randn(x.shape, generator=generator)).clamp(0, 1)
+        yield x, x_adv, torch.randint(0, 4, (16,), generator=generator)
 
 
 def official_run(steps, sgd=SGD14):
@@ -303,6 +309,7 @@ def test_afd_schedule_at_20_epochs_is_the_official_one():
     assert official[10:] == pytest.approx([0.02] * 2 + [0.01] * 2 + [0.005] * 2 + [0.0025] * 2 + [0.00125] * 2)
 
 
+@pytest.mark.slow
 def test_drrdn_starts_at_the_pretrained_model(batch):
     _, path, x, _ = batch
     objective = drrdn.DRRDN(fresh(path), drrdn.DRRDN.Params(), make_attack("pgd5", eps=0.1))
@@ -324,6 +331,7 @@ def test_wrong_class_is_never_the_label():
     assert torch.equal(target, masked.argmax(1))
 
 
+@pytest.mark.slow
 def test_trades_with_beta_zero_is_clean_cross_entropy(batch):
     _, path, x, y = batch
     model = fresh(path).train()
@@ -357,6 +365,7 @@ def test_mart_terms_match_a_hand_computed_batch():
     assert weighted_kl.item() == pytest.approx((kl * weights).mean().item(), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_every_objective_exports_a_classifier_that_matches_its_module(batch):
     _, path, x, _ = batch
     for name, method in METHODS.items():
@@ -373,6 +382,7 @@ def test_compile_mode_follows_the_device():
     assert compile_mode("True", cuda, 2) == "default" and compile_mode("true", cpu, 1) == "default"
 
 
+@pytest.mark.slow
 def test_compiled_step_matches_the_eager_one(batch):
     """train.compile's path: the attack runs compiled on frozen weights (eager, on trainable ones), which
     are trainable again after it; the loss and the updated weights equal the eager step's."""
@@ -412,6 +422,7 @@ RUNS = {
 
 
 @pytest.mark.parametrize("method", sorted(RUNS))
+@pytest.mark.slow
 def test_short_run_raises_robust_accuracy_well_above_the_pretrained_model(tmp_path, natural_digits, method):
     cfg, path = natural_digits
     dataset = data.load(cfg.data)
@@ -431,6 +442,7 @@ def test_short_run_raises_robust_accuracy_well_above_the_pretrained_model(tmp_pa
     assert correct_count(exported, dataset.val, attack, 500).item() / len(dataset.val) == pytest.approx(after, abs=0.03)
 
 
+@pytest.mark.slow
 def test_a_first_epoch_that_halves_clean_accuracy_warns_and_names_a_lower_rate(tmp_path, natural_digits, capsys):
     _, path = natural_digits
     for lr in ([], ["train.lr=0.3"]):  # the default fine-tuning rate, and one that wrecks the natural model
@@ -442,8 +454,9 @@ def test_a_first_epoch_that_halves_clean_accuracy_warns_and_names_a_lower_rate(t
 
 def test_recipes_set_the_papers_regimes(tmp_path):
     afd_paper = load("recipe=afd_paper", storage=tmp_path)
-    assert (afd_paper.method.name, afd_paper.method["update"], afd_paper.method.disentangler_size) == ("afd", "official", None)
-    assert (afd_paper.train.schedule, afd_paper.train.lr, afd_paper.train.epochs, afd_paper.attack.step_size) == ("afd", 0.025, 20, 0.007)
+    method, train = afd_paper.method, afd_paper.train
+    assert (method.name, method["update"], method.disentangler_size) == ("afd", "official", None)
+    assert (train.schedule, train.lr, train.epochs, afd_paper.attack.step_size) == ("afd", 0.025, 20, 0.007)
     assert (afd_paper.pretrain.epochs, afd_paper.pretrain.precision) == (100, "fp32")  # as model-100.pth
     assert not from_scratch(afd_paper)
     # the recipe's beta wins over the digits default of TRADES (beta 1)
@@ -451,20 +464,25 @@ def test_recipes_set_the_papers_regimes(tmp_path):
     official = {  # (recipe, model, epochs, lr, the official per-epoch rule of its script)
         "afd_paper": ("resnet18", 20, 0.025, None),
         "trades_paper": ("wrn34_10", 76, 0.1, lambda e: 0.1 * (0.1 if e >= 75 else 1)),
-        "mart_paper": ("resnet18", 120, 0.01, lambda e: 0.01 * (0.001 if e >= 100 else 0.01 if e >= 90 else 0.1 if e >= 75 else 1)),
+        "mart_paper": ("resnet18", 120, 0.01,
+                       lambda e: 0.01 * (0.001 if e >= 100 else 0.01 if e >= 90 else 0.1 if e >= 75 else 1)),
     }
     for recipe, (model, epochs, lr, rule) in official.items():
         cfg = load(f"recipe={recipe}", storage=tmp_path)
         # a paper protocol: every training image, the last epoch, fp32, the paper's model
         assert (cfg.data.val_fraction, cfg.train.keep, cfg.train.precision) == (0, "last", "fp32"), recipe
-        assert (cfg.model.name, cfg.protocol.model, cfg.train.epochs, cfg.train.lr) == (model, model, epochs, lr), recipe
+        assert (cfg.model.name, cfg.protocol.model, cfg.train.epochs, cfg.train.lr) == (model, model, epochs, lr), \
+            recipe
         if rule:
             assert from_scratch(cfg) and not cfg.train.ema
             for epoch in range(1, epochs + 1):
-                assert lr * lr_factor(cfg.train, (epoch - 1) / epochs) == pytest.approx(rule(epoch), rel=1e-9), (recipe, epoch)
-    assert (load("recipe=trades_paper", storage=tmp_path).method.beta, load("recipe=mart_paper", storage=tmp_path).method.beta) == (6.0, 5.0)
+                assert lr * lr_factor(cfg.train, (epoch - 1) / epochs) == pytest.approx(rule(epoch), rel=1e-9), \
+                    (recipe, epoch)
+    assert load("recipe=trades_paper", storage=tmp_path).method.beta == 6.0
+    assert load("recipe=mart_paper", storage=tmp_path).method.beta == 5.0
     assert not from_scratch(load("method=mart", storage=tmp_path))
     assert from_scratch(load("method=mart", "init=scratch", storage=tmp_path))
     # the searches built on the AFD recipe keep a validation split, the chosen epoch and bf16 on GPUs
     search = config.load([f"storage={tmp_path}"], "afd_cifar10")
-    assert (search.data.val_fraction, search.train.keep, search.train.precision, search.pretrain.epochs) == (0.1, "best", "auto", 100)
+    assert (search.data.val_fraction, search.train.keep, search.train.precision, search.pretrain.epochs) == \
+        (0.1, "best", "auto", 100)

@@ -20,8 +20,10 @@ from nbclient import NotebookClient
 from raygap import results, storage
 from raygap.study import open_storage
 
-from conftest import free_port, run_cli, start_search_until_a_trial_completes, tune_cli, wait_for_port
+from helpers import free_port, run_cli, start_search_until_a_trial_completes, tune_cli, wait_for_port
 from test_analysis import NOTEBOOK
+
+pytestmark = pytest.mark.slow  # searches in a local S3 server
 
 BUCKET_ROOT = "s3://runs/raygap"
 

@@ -10,7 +10,9 @@ import torch
 from raygap import checkpoint, config, train
 from raygap.errors import UserError
 
-from conftest import CIFAR_SAMPLE, cifar_tree, tiny_imagenet_tree
+from helpers import CIFAR_SAMPLE, cifar_tree, tiny_imagenet_tree
+
+pytestmark = pytest.mark.slow  # runs the papers' protocols end to end
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,7 +9,9 @@ import torch
 from raygap import results, runner, storage, train
 from raygap.errors import UserError
 
-from conftest import load
+from helpers import load
+
+pytestmark = pytest.mark.slow  # runs Ray Train on a local cluster
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,10 @@ import time
 import pytest
 
 from raygap import results
-from conftest import tune_cli
+from helpers import tune_cli
 from test_tune import check_tables
+
+pytestmark = pytest.mark.slow  # searches on a local Ray cluster, with faults
 
 ONE_EPOCH = ["train.epochs=1", "tune.scheduler.name=fifo"]
 
@@ -94,12 +96,14 @@ def _space(tmp_path, text):
 
 BAD_SEARCHES = [  # (the overrides, made in a temporary folder; the message)
     (lambda p: [_space(p, "    attack.eps: {type: uniform, low: 0.2, high: 0.1}\n")], "is empty or inverted"),
-    (lambda p: [_space(p, "    method.rank: {type: choice, values: [2]}\n")], "tune.space.method.rank names a key that does not exist"),
+    (lambda p: [_space(p, "    method.rank: {type: choice, values: [2]}\n")],
+     "tune.space.method.rank names a key that does not exist"),
     (lambda p: [_space(p, "    train.seed: {type: choice, values: []}\n")], "is a choice with no values"),
     (lambda p: ["search=nonexistent_space"], "unknown search space 'nonexistent_space'; choose one of: afd,"),
     (lambda p: ["tune.num_samples=0"], "tune.num_samples and tune.max_concurrent must be >= 1"),
     (lambda p: ["tune.trial_resources={GPU:64}"], "needs 64 GPU but this machine has at most 0"),
-    (lambda p: ["train.workers=1", "tune.trial_resources={CPU:0}"], "must ask for some resource for each trial's driver"),
+    (lambda p: ["train.workers=1", "tune.trial_resources={CPU:0}"],
+     "must ask for some resource for each trial's driver"),
 ]
 
 

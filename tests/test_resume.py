@@ -6,8 +6,12 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from raygap import config, results
 from raygap.recorder import Recorder
+
+pytestmark = pytest.mark.slow  # kills and resumes a search
 
 
 def test_rerunning_a_killed_training_command_resumes_from_the_last_checkpoint(tmp_path, natural_digits):

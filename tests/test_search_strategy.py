@@ -7,7 +7,7 @@ import math
 import optuna
 import pytest
 
-from conftest import run_cli
+from helpers import run_main
 from raygap import config, results, schema, searcher
 from raygap.errors import UserError
 from raygap.stopping import pareto_keeps, rungs
@@ -94,7 +94,8 @@ def test_a_warm_start_drops_values_outside_the_new_space(tmp_path):
 
 @pytest.mark.parametrize("overrides,message", [
     (["tune.warm_start=nowhere"], "tune.warm_start: no experiment 'nowhere'"),
-    (["search=SPACE", "tune.warm_start=earlier"], "searched method.align_weight, which shares no key with this space (train.lr)"),
+    (["search=SPACE", "tune.warm_start=earlier"],
+     "searched method.align_weight, which shares no key with this space (train.lr)"),
 ])
 def test_a_bad_warm_start_is_one_line_before_anything_runs(tmp_path, overrides, message):
     earlier_search(tmp_path)
@@ -102,7 +103,7 @@ def test_a_bad_warm_start_is_one_line_before_anything_runs(tmp_path, overrides, 
     space.write_text("defaults: [raygap, budget: laptop, _self_]\ntune:\n  space:\n"
                      "    train.lr: {type: loguniform, low: 0.001, high: 0.1}\n")
     before = sorted(p.name for p in tmp_path.iterdir())
-    proc = run_cli("tune", f"storage={tmp_path}", *[o.replace("SPACE", str(space)) for o in overrides])
+    proc = run_main("tune", f"storage={tmp_path}", *[o.replace("SPACE", str(space)) for o in overrides])
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("raygap: error: ") and message in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
@@ -135,7 +136,8 @@ def test_a_grid_asks_for_every_combination_once(tmp_path):
 
 
 @pytest.mark.parametrize("space,overrides,message", [
-    ("afd", ["tune.algorithm=grid"], "tune.space.method.align_weight must be a choice without `when` for tune.algorithm=grid"),
+    ("afd", ["tune.algorithm=grid"],
+     "tune.space.method.align_weight must be a choice without `when` for tune.algorithm=grid"),
     ("grid", ["tune.algorithm=grid", "tune.num_samples=3"], "tune.num_samples must be 4, the number of combinations"),
     ("afd", ["tune.scheduler.name=pareto_asha"], "tune.scheduler.name=pareto_asha stops trials on several objectives"),
 ])

@@ -9,9 +9,10 @@ import torch
 from raygap import checkpoint, data, loop, train
 from raygap.config import load
 
-from conftest import run_cli
+from helpers import run_cli
 
 
+@pytest.mark.slow
 def test_a_run_whose_robust_accuracy_peaks_early_exports_the_peak_epoch(tmp_path, natural_digits):
     # vAFT at a constant rate of 0.2 on digits: robust validation accuracy peaks in epoch 1, then falls
     cfg = load([f"storage={tmp_path}", f"pretrained={natural_digits[1]}", "method=vaft", "train.epochs=3",
@@ -35,6 +36,7 @@ def test_a_run_whose_robust_accuracy_peaks_early_exports_the_peak_epoch(tmp_path
     assert [r["kept_epoch"] for r in history] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_validation_is_the_same_draw_whatever_ran_before_and_says_its_standard_error(tmp_path, natural_digits):
     cfg = load([f"storage={tmp_path}"])
     model, _ = checkpoint.load(natural_digits[1])
@@ -54,6 +56,7 @@ def test_validation_is_the_same_draw_whatever_ran_before_and_says_its_standard_e
     assert torch.equal(torch.rand(3), expected)
 
 
+@pytest.mark.slow
 def test_a_run_killed_after_its_best_epoch_exports_the_same_model_when_resumed(tmp_path, natural_digits):
     early_peak = ["method=vaft", "train.epochs=3", "train.lr=0.2", "train.schedule=constant",
                   f"pretrained={natural_digits[1]}", f"storage={tmp_path}"]

@@ -11,7 +11,9 @@ from raygap import results
 from raygap.study import open_storage
 from raygap.analysis import pareto_front
 
-from conftest import start_search_until_a_trial_completes, tune_cli
+from helpers import start_search_until_a_trial_completes, tune_cli
+
+pytestmark = pytest.mark.slow  # searches on a local Ray cluster
 
 
 def check_tables(experiment_dir, train_epochs=2):
@@ -222,7 +224,7 @@ def test_each_trial_of_the_search_is_an_mlflow_run_read_back_with_mlflow_s_clien
 
 
 def test_an_mlflow_store_that_cannot_be_written_is_refused_before_ray(tmp_path):
-    from conftest import run_cli
+    from helpers import run_cli
 
     proc = run_cli("tune", f"storage={tmp_path}", "tune.trackers=[mlflow]", "tune.mlflow_uri=sqlite:////proc/no/mlflow.db")
     assert proc.returncode == 2 and proc.stdout == ""
