@@ -96,25 +96,41 @@ def asha_keeps(value: float, recorded: list[float], reduction_factor: int) -> bo
 @dataclass
 class Strategy:
     name: str
-    algorithm: str  # searcher.sampler's: random, tpe, nsga2
+    algorithm: str  # searcher.sampler's: random, tpe, gp, nsga2
     stopper: str  # none, asha (on robust accuracy), pareto (on robust and clean)
+    sized: bool = False  # tune.startup_trials sized to the budget (startup_for), else Optuna's 10
+    multivariate: bool = False  # tune.multivariate (TPE)
+
+
+def startup_for(budget_trials: float) -> int:
+    """A random start-up sized to the budget: a third of its full trials, at least 2 (Optuna's 10 is the
+    whole of a search of 10 trials or fewer, so its TPE is random search there)."""
+    return max(2, int(budget_trials // 3))
 
 
 STRATEGIES = [Strategy("random", "random", "none"), Strategy("TPE", "tpe", "none"),
               Strategy("TPE + ASHA", "tpe", "asha"), Strategy("NSGA-II + ASHA (robust)", "nsga2", "asha"),
-              Strategy("NSGA-II + Pareto ASHA", "nsga2", "pareto")]
+              Strategy("NSGA-II + Pareto ASHA", "nsga2", "pareto"),
+              Strategy("TPE, start-up sized", "tpe", "none", sized=True),
+              Strategy("TPE multivariate, start-up sized", "tpe", "none", sized=True, multivariate=True),
+              Strategy("TPE, start-up sized + ASHA", "tpe", "asha", sized=True),
+              Strategy("GP, start-up sized", "gp", "none", sized=True),
+              Strategy("GP, start-up sized + ASHA", "gp", "asha", sized=True)]
 
 
 def replay(grid: Grid, strategy: Strategy, seed: int, budget: float, grace_period: int = 2,
-           reduction_factor: int = 2, choose=None) -> list:
+           reduction_factor: int = 2, choose=None, startup: int | None = None) -> list:
     """One search until `budget` seconds are spent; returns [(seconds spent, best final robust, front)]
-    after each trial. `choose(history)`, if given, picks the configuration instead of Optuna."""
+    after each trial. `choose(history)`, if given, picks the configuration instead of Optuna; `startup`
+    is the start-up of a strategy sized to the budget."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     two = strategy.algorithm == "nsga2"
     cfg = OmegaConf.create({"tune": {"algorithm": strategy.algorithm, "seed": seed, "space": grid.space,
-                                     "objectives": [{}, {}] if two else [{}]}})
+                                     "objectives": [{}, {}] if two else [{}],
+                                     "startup_trials": startup if strategy.sized else None,
+                                     "multivariate": strategy.multivariate}})
     study = optuna.create_study(directions=["maximize"] * (2 if two else 1), sampler=searcher.sampler(cfg))
     at_rung = {r: [] for r in rungs(grid.epochs, grace_period, reduction_factor)}
     spent, best, completed, out = 0.0, 0.0, [], []
@@ -191,12 +207,14 @@ def main(argv=None):
         raise SystemExit(2) from None
     full_trial = statistics.mean(sum(s for _, _, s in c) for c in grid.curves.values())
     budget = args.budget_trials * full_trial
-    curves = {s.name: [replay(grid, s, seed, budget, args.grace_period, args.reduction_factor)
+    startup = startup_for(args.budget_trials)
+    curves = {s.name: [replay(grid, s, seed, budget, args.grace_period, args.reduction_factor, startup=startup)
                        for seed in range(args.replays)] for s in STRATEGIES}
     target = statistics.mean(at_budget(c, budget) for c in curves["random"])
     print(f"grid {' + '.join(args.grid)}: {len(grid.curves)} configurations x {grid.epochs} epochs, "
           f"best final robust accuracy {grid.best():.3f}; budget {args.budget_trials:g} full trials ({budget:.0f} s); "
-          f"{args.replays} replays; rungs at {rungs(grid.epochs, args.grace_period, args.reduction_factor)}\n")
+          f"{args.replays} replays; rungs at {rungs(grid.epochs, args.grace_period, args.reduction_factor)}; "
+          f"a sized start-up is {startup} trials\n")
     print(f"| strategy | trials run | best robust acc at the budget | compute to reach random's mean best "
           f"({target:.3f}) | hypervolume of the (robust, clean) front |")
     print("|---|---|---|---|---|")

@@ -24,7 +24,7 @@ from pathlib import Path
 import pyarrow as pa
 from omegaconf import DictConfig, OmegaConf
 
-from raygap import layout, results, runner, searcher, storage, tune
+from raygap import layout, results, runner, storage, tune
 from raygap.analysis import arm_summary, paired_interval, points
 from raygap.cli import entry_point
 from raygap.config import method_defaults, validate
@@ -32,7 +32,7 @@ from raygap.errors import UserError
 from raygap.lock import DriverLock
 from raygap.loop import Job
 from raygap.methods import METHODS, from_scratch
-from raygap.schema import RaygapConfig, as_dict, digest
+from raygap.schema import RaygapConfig, as_dict, digest, search_algorithm
 from raygap.tune import pop_search
 
 DEFAULT_SEARCH = "defences"
@@ -153,7 +153,7 @@ def run(cfg, search: str = DEFAULT_SEARCH) -> dict:
     tuned = [arm for arm in arms if arm.tuned]
     t = cfg.tune
     print(f"comparison '{name}': {', '.join(dict.fromkeys(a.method for a in tuned))} each searched with "
-          f"{t.num_samples} trials of {cfg.train.epochs} epochs ({searcher.algorithm(cfg)}, {t.scheduler.name}) "
+          f"{t.num_samples} trials of {cfg.train.epochs} epochs ({search_algorithm(cfg)}, {t.scheduler.name}) "
           f"for each of seeds {list(cfg.compare.seeds)}" + (f", and {', '.join(cfg.compare.untuned)} untuned" if
                                                  cfg.compare.untuned else "") +
           f"; every finalist attacked with {', '.join(cfg.final_eval.attacks)} on the same "

@@ -24,7 +24,7 @@ from raygap.data import DATASETS
 from raygap.errors import UserError
 from raygap.methods import METHODS, params_of
 from raygap.models import BACKBONES
-from raygap.schema import RaygapConfig
+from raygap.schema import RaygapConfig, search_algorithm
 
 
 def config_dir() -> Path:
@@ -228,6 +228,14 @@ def _validate_tune(cfg: DictConfig) -> None:
              "needs grace_period >= 1 and reduction_factor >= 2")
     _require(t.num_samples >= 1 and t.max_concurrent >= 1, "tune.num_samples", "and tune.max_concurrent must be >= 1")
     _require(t.max_failures >= 0, "tune.max_failures", "must be >= 0")
+    if t.startup_trials is not None:
+        _require(search_algorithm(cfg) in ("tpe", "gp"), "tune.startup_trials",
+                 f"sizes the random start of tune.algorithm=tpe or gp, and tune.algorithm={t.algorithm} has none")
+        _require(0 <= t.startup_trials <= t.num_samples, f"tune.startup_trials={t.startup_trials}",
+                 f"must lie in [0, tune.num_samples={t.num_samples}]: more would make every trial a random one "
+                 "(use tune.algorithm=random for that)")
+    _require(not t.multivariate or search_algorithm(cfg) == "tpe", "tune.multivariate",
+             f"is an option of tune.algorithm=tpe, not {search_algorithm(cfg)}")
     _require(all(v >= 0 for v in t.trial_resources.values()), "tune.trial_resources", "must be >= 0")
     _require(cfg.train.workers == 0 or any(v > 0 for v in t.trial_resources.values()), "tune.trial_resources",
              "must ask for some resource for each trial's driver of a Ray Train run, such as {CPU:0.1}")

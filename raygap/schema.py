@@ -35,7 +35,7 @@ DistributionType = choice("DistributionType", "uniform loguniform int choice")
 SearchMetric = choice("SearchMetric", "kept_robust_acc kept_clean_acc robust_acc clean_acc loss")
 Mode = choice("Mode", "max min")
 Scheduler = choice("Scheduler", "asha pareto_asha fifo")
-Algorithm = choice("Algorithm", "auto tpe nsga2 random grid")
+Algorithm = choice("Algorithm", "auto tpe nsga2 random grid gp")
 Init = choice("Init", "auto pretrained scratch")
 Tracker = choice("Tracker", "mlflow")
 Keep = choice("Keep", "best last")
@@ -165,9 +165,13 @@ class SchedulerConfig:
 class TuneConfig:
     space: Dict[str, Distribution] = field(default_factory=dict)
     objectives: List[ObjectiveConfig] = field(default_factory=lambda: [ObjectiveConfig()])
-    # tpe, nsga2, random, or grid (every combination of the choices, once); auto: TPE for one objective,
-    # NSGA-II for several
+    # tpe, nsga2, gp (Optuna's Gaussian-process sampler), random, or grid (every combination of the choices,
+    # once); auto: TPE for one objective, NSGA-II for several
     algorithm: Algorithm = Algorithm.auto
+    # random trials before TPE or GP model the results; null: Optuna's 10, which a search of 10 trials or fewer
+    # never leaves (benchmarks/README.md)
+    startup_trials: Optional[int] = None
+    multivariate: bool = False  # TPE models the searched keys jointly, not each alone (Optuna's multivariate TPE)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     num_samples: int = 8
     max_concurrent: int = 2
@@ -239,18 +243,29 @@ def digest(node: Any, length: int = 10) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
-# Nodes added after experiments were named by `name_digest`, with their defaults: left out of the digest
-# while they hold them, so the same command keeps finding (and resuming) an experiment named before.
-LATER_NODES = {"protocol": {"recipe": "", "model": ""}}
+# The rule for a new config key: it goes here (dotted; a whole node with its defaults as a dict) with its
+# default, and is left out of the digest while it holds it, so the same command keeps finding (and
+# resuming) an experiment named before the key existed (tests/test_written_before.py pins such names).
+LATER_KEYS = {"protocol": {"recipe": "", "model": ""}, "tune.startup_trials": None, "tune.multivariate": False}
 
 
 def name_digest(cfg: DictConfig) -> str:
     """`digest` of a whole config, the suffix of default run and experiment names."""
     plain = OmegaConf.to_container(cfg, resolve=True)
-    for key, default in LATER_NODES.items():
-        if plain.get(key) == default:
-            del plain[key]
+    for key, default in LATER_KEYS.items():
+        *parents, last = key.split(".")
+        node = plain
+        for parent in parents:
+            node = node.get(parent, {})
+        if last in node and node[last] == default:
+            del node[last]
     return digest(plain)
+
+
+def search_algorithm(cfg) -> str:
+    """tune.algorithm with auto resolved: TPE for one objective, NSGA-II for several."""
+    t = cfg.tune
+    return str(t.algorithm) if t.algorithm != "auto" else ("tpe" if len(t.objectives) == 1 else "nsga2")
 
 
 def as_dict(cfg: DictConfig) -> dict:

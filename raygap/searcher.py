@@ -12,7 +12,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from raygap import layout, ray_compat, results, storage, study
 from raygap.errors import UserError
-from raygap.schema import as_dict
+from raygap.schema import as_dict, search_algorithm
 
 
 def suggest(trial, space: dict) -> None:
@@ -64,21 +64,18 @@ def distribution(d: dict):
     return od.FloatDistribution(d["low"], d["high"], log=d["type"] == "loguniform")
 
 
-def algorithm(cfg) -> str:
-    """tune.algorithm with auto resolved: TPE for one objective, NSGA-II for several."""
-    t = cfg.tune
-    return str(t.algorithm) if t.algorithm != "auto" else ("tpe" if len(t.objectives) == 1 else "nsga2")
-
-
 def sampler(cfg):
     import optuna
 
     t = cfg.tune
-    return {"tpe": lambda: optuna.samplers.TPESampler(seed=t.seed),
+    startup = {} if t.get("startup_trials") is None else {"n_startup_trials": t.startup_trials}
+    joint = {"multivariate": True} if t.get("multivariate") else {}  # Optuna warns that it is experimental
+    return {"tpe": lambda: optuna.samplers.TPESampler(seed=t.seed, **startup, **joint),
+            "gp": lambda: optuna.samplers.GPSampler(seed=t.seed, **startup),
             "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=t.seed),
             "random": lambda: optuna.samplers.RandomSampler(seed=t.seed),
             "grid": lambda: optuna.samplers.GridSampler({k: list(d["values"]) for k, d in t.space.items()},
-                                                        seed=t.seed)}[algorithm(cfg)]()
+                                                        seed=t.seed)}[search_algorithm(cfg)]()
 
 
 def searcher(cfg, experiment: str, experiment_dir: str, warm: WarmStart | None = None):
@@ -96,7 +93,7 @@ def searcher(cfg, experiment: str, experiment_dir: str, warm: WarmStart | None =
         warm.tell(optuna.create_study(study_name=experiment, storage=study_storage, load_if_exists=True,
                                       directions=[f"{o.mode}imize" for o in objectives]))
     space = functools.partial(suggest, space=as_dict(cfg.tune.space))
-    first = defaults_point(cfg) if cfg.tune.try_defaults and algorithm(cfg) != "grid" else {}
+    first = defaults_point(cfg) if cfg.tune.try_defaults and search_algorithm(cfg) != "grid" else {}
     search = ResumableOptunaSearch(space=space, metric=metric, mode=mode, sampler=sampler(cfg), study_name=experiment,
                                    storage=study_storage, points_to_evaluate=[first] if first else None)
     return ConcurrencyLimiter(search, max_concurrent=cfg.tune.max_concurrent)

@@ -140,12 +140,35 @@ def test_a_grid_asks_for_every_combination_once(tmp_path):
      "tune.space.method.align_weight must be a choice without `when` for tune.algorithm=grid"),
     ("grid", ["tune.algorithm=grid", "tune.num_samples=3"], "tune.num_samples must be 4, the number of combinations"),
     ("afd", ["tune.scheduler.name=pareto_asha"], "tune.scheduler.name=pareto_asha stops trials on several objectives"),
+    ("afd", ["tune.startup_trials=9"], "tune.startup_trials=9 must lie in [0, tune.num_samples=8]"),
+    ("afd", ["tune.algorithm=random", "tune.startup_trials=2"],
+     "tune.startup_trials sizes the random start of tune.algorithm=tpe or gp, and tune.algorithm=random has none"),
+    ("afd", ["tune.algorithm=gp", "tune.multivariate=true"], "tune.multivariate is an option of tune.algorithm=tpe"),
 ])
 def test_bad_search_strategies_are_refused(tmp_path, space, overrides, message):
     name = grid_space(tmp_path) if space == "grid" else space
     with pytest.raises(UserError) as refused:
         config.load([f"storage={tmp_path}", *overrides], name)
     assert message in str(refused.value)
+
+
+@pytest.mark.parametrize("algorithm", ["tpe", "gp"])
+def test_the_sampler_leaves_its_random_start_after_tune_startup_trials(tmp_path, algorithm):
+    """The first startup_trials trials of TPE and GP are their random sampler's (the same draws as Optuna's
+    RandomSampler with the seed); the next one is modelled, so it differs. Without the key: Optuna's 10."""
+
+    def draws(overrides: list, n: int, random: bool = False) -> list:
+        cfg = config.load([f"storage={tmp_path}", f"tune.algorithm={algorithm}", *overrides], "afd")
+        sampler = optuna.samplers.RandomSampler(seed=cfg.tune.seed) if random else searcher.sampler(cfg)
+        study = optuna.create_study(direction="maximize", sampler=sampler)
+        suggest = functools.partial(searcher.suggest, space=schema.as_dict(cfg.tune.space))
+        study.optimize(lambda trial: suggest(trial) or trial.params["train.lr"] * trial.params["attack.eps"], n)
+        return [t.params for t in study.trials]
+
+    random = draws([], 6, random=True)
+    sized = draws(["tune.startup_trials=3"], 6)
+    assert sized[:3] == random[:3] and sized[3] != random[3]
+    assert draws([], 6) == random  # Optuna's default start-up: 10 random trials
 
 
 def test_a_resumed_searcher_drops_results_of_a_trial_the_study_has_finished(tmp_path):

@@ -1,5 +1,6 @@
 """The search on a real local Ray cluster: Parquet tables, statuses, resume after SIGKILL, Pareto fronts."""
 
+import json
 import os
 import signal
 
@@ -187,6 +188,16 @@ def test_a_recorded_grid_replays_deterministically_and_an_oracle_reaches_its_bes
     oracle = replay.replay(grid, replay.STRATEGIES[0], seed=0, budget=budget,
                            choose=lambda history: dict(zip(grid.space, best_key)))
     assert oracle[0][1] == grid.best()
+    # given the recorded search's own suggestions, in its order, the replay is that search: its spending and
+    # its best-so-far after each trial are the tables'
+    recorded = trials.sort_values("started_at")
+    suggestions = [json.loads(p) for p in recorded.params]
+    total = float(recorded.cpu_seconds.sum())
+    own = replay.replay(grid, replay.STRATEGIES[0], seed=0, budget=total,
+                        choose=lambda history: suggestions[len(history)])
+    final = recorded.robust_acc.tolist()  # each trial's last epoch
+    assert [best for _, best, _ in own] == [max(final[:i + 1]) for i in range(4)]
+    assert [spent for spent, _, _ in own] == pytest.approx(recorded.cpu_seconds.cumsum().tolist())
     outside = lambda history: {"method.disentangler_size": 8, "method.align_weight": 2.0, "attack.eps": 0.1}  # noqa: E731
     with pytest.raises(replay.GridError, match="the grid has no configuration"):
         replay.replay(grid, replay.STRATEGIES[0], seed=0, budget=budget, choose=outside)
