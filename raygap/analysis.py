@@ -201,6 +201,38 @@ def plot_learning_curves(trials: pd.DataFrame, epochs: pd.DataFrame, metric: str
     return ax.figure
 
 
+def scheduled(trials: pd.DataFrame, epochs: pd.DataFrame) -> list[str]:
+    """The searched keys whose value changed during a trial (a PBT search's schedules), in the space's order."""
+    keys = [k for k in searched(trials) if k in epochs]
+    return [k for k in keys if (epochs.groupby("trial_id")[k].nunique(dropna=False) > 1).any()]
+
+
+def plot_schedules(trials: pd.DataFrame, epochs: pd.DataFrame):
+    """Each searched key per epoch for every trial of a PBT search: the schedules the population followed.
+    An epoch trained from another trial's state (PBT's exploit) is ringed, with a dotted line from its parent."""
+    import matplotlib.pyplot as plt
+
+    keys = scheduled(trials, epochs) or searched(trials)[:1]
+    fig, axes = plt.subplots(len(keys), 1, figsize=(6, 2.6 * len(keys)), squeeze=False, layout="constrained")
+    rows = epochs.sort_values("epoch")
+    clones = rows[rows.parent_trial.notna()] if "parent_trial" in rows else rows.iloc[:0]
+    for ax, key in zip(axes[:, 0], keys):
+        for trial_id, curve in rows.groupby("trial_id"):
+            ax.plot(curve.epoch, curve[key], marker=".", lw=1.2, alpha=0.8, label=trial_id)
+        for clone in clones.itertuples():
+            parent = rows[(rows.trial_id == clone.parent_trial) & (rows.epoch == clone.parent_epoch)]
+            value = rows.loc[clone.Index, key]
+            ax.scatter(clone.epoch, value, s=90, facecolors="none", edgecolors="k", zorder=3)
+            if not parent.empty:
+                ax.plot([clone.parent_epoch, clone.epoch], [parent[key].iloc[0], value], "k:", lw=0.8)
+        ax.set(ylabel=key, yscale="log" if key in ("train.lr", "train.weight_decay") else "linear")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    axes[0, 0].set_title(f"the schedules of {rows.trial_id.nunique()} trials ({len(clones)} exploit{'s' * (len(clones) != 1)} ringed)")
+    axes[-1, 0].set_xlabel("epoch")
+    axes[0, 0].legend(fontsize=6, ncol=2)
+    return fig
+
+
 def plot_hyperparameters(trials: pd.DataFrame, params: list | None = None):
     """One column per searched hyperparameter: robust (top) and clean (bottom) accuracy against it."""
     import matplotlib.pyplot as plt
@@ -238,7 +270,10 @@ def importances(experiment_dir: str, storage_url: str | None = None) -> pd.Serie
     import optuna
 
     name = experiment_dir.rstrip("/").rsplit("/", 1)[-1]
-    optuna_study = optuna.load_study(study_name=name, storage=study.open_storage(storage_url or "", experiment_dir))
+    try:
+        optuna_study = optuna.load_study(study_name=name, storage=study.open_storage(storage_url or "", experiment_dir))
+    except KeyError:  # no study: a PBT search runs without Optuna
+        return pd.Series(dtype=float, name="importance")
     target = (lambda t: t.values[0]) if len(optuna_study.directions) > 1 else None
     done = optuna_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     # importances need every completed trial to share at least one hyperparameter that varies
@@ -339,9 +374,11 @@ def plot_arm_importances(folder: str, arms: pd.DataFrame):
 
 def figures(experiment_dir: str, trials: pd.DataFrame, epochs: pd.DataFrame) -> dict:
     """Every figure of the analysis of the experiment's tables (as `load` returns them), by name."""
-    return {"pareto": plot_pareto(trials), "learning_curves": plot_learning_curves(trials, epochs),
-            "hyperparameters": plot_hyperparameters(trials),
-            "importances": plot_importances(importances(experiment_dir)), "cost": plot_cost(trials)}
+    found = {"pareto": plot_pareto(trials), "learning_curves": plot_learning_curves(trials, epochs),
+             "hyperparameters": plot_hyperparameters(trials)}
+    if scheduled(trials, epochs):
+        found["schedules"] = plot_schedules(trials, epochs)
+    return {**found, "importances": plot_importances(importances(experiment_dir)), "cost": plot_cost(trials)}
 
 
 def points(fraction: float) -> str:

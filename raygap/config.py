@@ -8,6 +8,7 @@ starts.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from pathlib import Path
@@ -275,6 +276,44 @@ def _validate_tune(cfg: DictConfig) -> None:
                     _require(False, where, f"value {value!r} does not fit the key: {str(err).splitlines()[0]}")
     if t.algorithm == "grid":
         _validate_grid(t)
+    if t.scheduler.name == "pbt":
+        _validate_population(cfg)
+
+
+# What PBT may change during training: the optimiser's settings, the training attack's strength and the
+# method's loss weights (float keys of a method's Params); not the model's shape (disentangler_size), the
+# method, the data or the length of the run, which a trial's state is made for.
+PERTURBABLE = ("train.lr", "train.weight_decay", "train.momentum", "attack.eps", "attack.step_size")
+
+
+def perturbable(key: str) -> bool:
+    if key in PERTURBABLE:
+        return True
+    name = key.removeprefix("method.")
+    return key.startswith("method.") and any(
+        f.name == name and f.type in (float, "float") for m in METHODS.values() for f in dataclasses.fields(m.Params))
+
+
+def _validate_population(cfg: DictConfig) -> None:
+    t = cfg.tune
+    where = "tune.scheduler.name=pbt"
+    for key, d in t.space.items():
+        _require(perturbable(key), where, f"changes the searched keys during training, and tune.space.{key} cannot "
+                 "change once training started; search it with tune.scheduler.name=asha, or fix it")
+        _require(not d.when, where, f"perturbs every searched key alike: tune.space.{key} has a `when`")
+    _require(len(t.objectives) == 1, where, "ranks the population on one objective, and tune.objectives has "
+             f"{len(t.objectives)}")
+    _require(t.algorithm in ("auto", "random"), where, f"samples its first population at random (Ray Tune runs it "
+             f"without a searcher), so tune.algorithm={t.algorithm} would not be used: leave it at auto")
+    _require(not t.warm_start, where, "has no searcher to warm-start: drop tune.warm_start")
+    _require(cfg.train.workers == 0, where, "hands a trial's state to another through Tune, which raygap does "
+             "for trials that train in their own process: use train.workers=0")
+    _require(cfg.train.keep == "last", where, "replaces a trial's weights during training, so its best epoch may "
+             "be of another lineage: use train.keep=last")
+    _require(1 <= t.scheduler.perturbation_interval < cfg.train.epochs, "tune.scheduler.perturbation_interval",
+             f"must lie in [1, train.epochs={cfg.train.epochs}) for PBT to perturb at all")
+    _require(t.num_samples >= 4, where, f"needs a population of 4 or more (tune.num_samples={t.num_samples}): the "
+             "bottom quarter takes the state of the top quarter")
 
 
 def _validate_grid(t) -> None:

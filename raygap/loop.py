@@ -195,12 +195,23 @@ class Parts:
         return {"module": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "ema": self.ema.state_dict() if self.ema else None}
 
-    def load(self, state: dict):
+    def load(self, state: dict, keep_settings: bool = False):
+        """Continue from `state`. keep_settings: only the state (weights, momentum buffers, steps taken, EMA)
+        is taken; the optimiser's settings (learning rate, weight decay, momentum) stay this run's, on the
+        schedule at the step reached: PBT continues a trial from another's state under its own config."""
+        settings = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
         self.module.load_state_dict(state["module"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.ema:
             self.ema.load_state_dict(state["ema"])
+        if keep_settings:
+            for group, mine in zip(self.optimizer.param_groups, settings):
+                group.update(mine)
+            self.scheduler.base_lrs = [group["initial_lr"] for group in self.optimizer.param_groups]
+            for group, base, rule in zip(self.optimizer.param_groups, self.scheduler.base_lrs,
+                                         self.scheduler.lr_lambdas):
+                group["lr"] = base * rule(self.scheduler.last_epoch)
 
     @property
     def evaluated(self) -> nn.Module:
@@ -222,10 +233,12 @@ def train_loop(job: Job, context) -> list | None:
                            channels_last=device.type == "cuda" and t.channels_last)
     val = validation(cfg, dataset, rank, world, device)
     parts = build(job, cfg, dataset, context, steps=batches.steps * t.epochs)
-    history, start_epoch, kept_weights = [], 0, None
+    history, configs, start_epoch, kept_weights, parent = [], [], 0, None, None
     if (state := context.restore()) is not None:
-        parts.load(state)
+        parent = state.get("parent")  # PBT: this trial goes on from another trial's state, under its own config
+        parts.load(state, keep_settings=parent is not None)
         history, start_epoch, kept_weights = state["history"], state["epoch"] + 1, state.get("kept_weights")
+        configs = state.get("configs") or [job.cfg] * len(history)  # a state saved before configs were kept
     faults.at_start(job)
     # The starting model's clean accuracy, to tell a first epoch that wrecks it (too high a learning rate)
     start_clean = val.accuracy(parts.module, [None], bf16)[0] if job.start and start_epoch == 0 else None
@@ -249,14 +262,17 @@ def train_loop(job: Job, context) -> list | None:
             kept_clean_acc=kept["clean_acc"], kept_robust_acc=kept["robust_acc"], images_per_s=speed,
             mfu=speed * flops_per_image / peak if peak else None, train_seconds=train_seconds, wall_seconds=wall,
             gpu_seconds=wall * context.gpus * world, cpu_seconds=wall * context.cpus * world,
-            finished_at=time.time(), losses=losses, node=context.node).as_row())
+            finished_at=time.time(), losses=losses, node=context.node,
+            parent_epoch=parent and parent["epoch"], parent_trial=parent and parent["trial"]).as_row())
+        configs.append(job.cfg)
+        parent = None
         if rank == 0 and t.keep == "best" and kept["epoch"] == epoch + 1:  # a copy: the live weights train on
             kept_weights = {k: v.detach().to("cpu", copy=True) for k, v in parts.evaluated.state_dict().items()}
         if rank == 0:
-            record(job, history, t.epochs)
+            record(job, history, configs, t.epochs)
             if epoch + 1 == t.epochs:  # before the last report: Tune may stop a trial as soon as it is reported
                 export(job, cfg, dataset, parts, history, kept_weights)
-        state = {"epoch": epoch, **parts.state(), "history": history, "kept_weights": kept_weights}
+        state = {"epoch": epoch, **parts.state(), "history": history, "configs": configs, "kept_weights": kept_weights}
         context.report(history[-1], state if rank == 0 else None)
     return history if rank == 0 else None
 
@@ -340,11 +356,11 @@ def build(job: Job, cfg, dataset: data.Dataset, context, steps: int) -> Parts:
     return Parts(objective, module, attacked, net, mode is not None, optimizer, scheduler, ema)
 
 
-def record(job: Job, history: list, epochs: int):
+def record(job: Job, history: list, configs: list, epochs: int):
     """Rank 0's record of an epoch: the progress line and the epochs table (written before the epoch's
     report: if this process dies after writing, the epoch re-runs and replaces its row)."""
     _print_progress(job.label, history, epochs)
-    results.write_epochs(job.experiment_dir, job.trial_id, job.cfg, history)
+    results.write_epochs(job.experiment_dir, job.trial_id, configs, history)
 
 
 def export(job: Job, cfg, dataset: data.Dataset, parts: Parts, history: list, kept_weights: dict | None):

@@ -56,7 +56,8 @@ class Recorder(Callback):
             return
         last = history[-1]
         number = last.get("kept_epoch")
-        kept = history[int(number) - 1] if number == number and number is not None else last  # null: an older table
+        # null: a table of before kept epochs (the last then); found by number, since a PBT trial may skip one
+        kept = next((r for r in history if r["epoch"] == number), last)
         row.update({"epochs": last["epoch"], "clean_acc": last["clean_acc"], "robust_acc": last["robust_acc"],
                     "loss": last.get("loss"), "kept_epoch": kept["epoch"], "kept_clean_acc": kept["clean_acc"],
                     "kept_robust_acc": kept["robust_acc"], "kept_clean_se": kept.get("clean_se"),

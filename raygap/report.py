@@ -32,6 +32,10 @@ FIGURES = {
     "hyperparameters": ("Accuracy against each searched hyperparameter",
                         "Robust (top) and clean (bottom) accuracy against each searched value: where the good "
                         "trials lie, and whether the space's bounds cut them off."),
+    "schedules": ("The schedules the population followed",
+                  "A PBT search's searched values per epoch, one line per trial: every few epochs the weaker trials "
+                  "took the state of stronger ones (ringed, dotted from the parent) and went on with perturbed "
+                  "values."),
     "importances": ("Hyperparameter importance",
                     "How much of the variation in the first objective (robust validation accuracy) each searched key "
                     "explains: Optuna's fANOVA, measured steadier than PED-ANOVA at these trial counts; below about "

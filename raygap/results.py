@@ -18,6 +18,7 @@ import typing
 from functools import lru_cache
 
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from raygap import layout, storage
@@ -49,6 +50,10 @@ class EpochRow:
     finished_at: float  # Unix time at the end of the epoch
     losses: dict  # the method's loss parts by name (afd: {"adv": ..., "dis": ...})
     node: str | None  # the Ray node of rank 0; None in this process
+    # PBT's lineage: the first epoch a trial trained from another trial's weights names that trial and the
+    # epoch it took them at; None everywhere else (columns added later: older tables read them as null)
+    parent_epoch: int | None = None
+    parent_trial: str | None = None
 
     def as_row(self) -> dict:
         """The flat row: the epochs table's columns, Tune's result, the checkpoint's history entry."""
@@ -202,11 +207,13 @@ def write(path: str, rows: list, schema: pa.Schema) -> None:
     storage.write_bytes(path, buffer.getvalue())
 
 
-def write_epochs(experiment_dir: str, trial_id: str, config: dict, history: list) -> str:
-    """(Re)write trial `trial_id`'s part of the epochs table with all its epochs so far."""
+def write_epochs(experiment_dir: str, trial_id: str, config: dict | list, history: list) -> str:
+    """(Re)write trial `trial_id`'s part of the epochs table with all its epochs so far. `config`: the
+    config every epoch trained with, or a list of one per epoch (PBT changes it during a trial)."""
     experiment = experiment_dir.rstrip("/").rsplit("/", 1)[-1]
-    settings = flatten(config)
-    rows = [{"experiment": experiment, "trial_id": trial_id, **settings, **row} for row in history]
+    configs = config if isinstance(config, list) else [config] * len(history)
+    rows = [{"experiment": experiment, "trial_id": trial_id, **flatten(settings), **row}
+            for settings, row in zip(configs, history)]
     path = layout.part(experiment_dir, "epochs", trial_id)
     write(path, rows, epochs_schema())
     return path
@@ -239,5 +246,9 @@ def read_table(experiment_dir: str, table: str):
     if not storage.listdir(folder):
         return pd.DataFrame()
     fs, where = storage.filesystem(folder)
-    # pyarrow skips the hidden temporary files of writes in flight (names starting with '.')
-    return pq.read_table(where, filesystem=fs).to_pandas()
+    # pyarrow skips the hidden temporary files of writes in flight (names starting with '.'). It takes a
+    # folder's schema from its first file, so the columns of every part are unified first: a part written
+    # before a column was added (EpochRow's lineage) reads it as null, and the column is kept.
+    parts = pads.dataset(where, filesystem=fs, format="parquet")
+    schema = pa.unify_schemas([fragment.physical_schema for fragment in parts.get_fragments()])
+    return pads.dataset(where, filesystem=fs, format="parquet", schema=schema).to_table().to_pandas()

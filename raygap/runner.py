@@ -21,8 +21,10 @@ a run can never get: on this machine for a run in this process, on the cluster f
 from __future__ import annotations
 
 import io
+import json
 import os
 import tempfile
+from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
@@ -151,6 +153,48 @@ class TuneTrialContext(LocalContext):
 
         super().report(metrics, state)
         ray.tune.report(metrics)
+
+
+class PopulationContext(TuneTrialContext):
+    """A trial of a PBT search (tune.scheduler.name=pbt). Each epoch's state also goes to Tune as the trial's
+    checkpoint, with the trial and epoch it is of: PBT hands the checkpoint of a better trial to one it
+    replaces, whose restart then takes that state (weights, optimiser buffers, steps) under its own new
+    config, keeps its own epochs up to the parent's, and names its parent in its next epoch's row. The state is
+    written twice an epoch (state.pt, the newest, for a search resumed by running it again; Tune's copy
+    for PBT), which a small model pays in milliseconds."""
+
+    def __init__(self, run_dir: str, cpus: float, gpus: float, trial_id: str):
+        super().__init__(run_dir, cpus, gpus)
+        self.trial_id = trial_id
+
+    def restore(self):
+        import ray.tune
+
+        own = super().restore()
+        given = ray.tune.get_checkpoint()
+        if given is None:
+            return own
+        with given.as_directory() as folder:
+            source = json.loads(Path(folder, "source.json").read_text())
+            if source["trial"] == self.trial_id:
+                return own  # this trial's own (paused and resumed): state.pt is at least as new
+            donor = torch.load(Path(folder, "state.pt"), map_location=self.device, weights_only=True)
+        # This trial's epochs up to the donor's are its own record; what comes after trains from the donor's
+        # state (epochs it had trained past the donor's are dropped: they are of a lineage that ends here).
+        mine = own or {"history": [], "configs": []}
+        kept = [i for i, row in enumerate(mine["history"]) if row["epoch"] <= source["epoch"]]
+        return {**donor, "history": [mine["history"][i] for i in kept],
+                "configs": [mine["configs"][i] for i in kept] if mine.get("configs") else None,
+                "kept_weights": None, "parent": source}
+
+    def report(self, metrics: dict, state: dict):
+        import ray.tune
+
+        LocalContext.report(self, metrics, state)
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(state, os.path.join(folder, "state.pt"))
+            Path(folder, "source.json").write_text(json.dumps({"trial": self.trial_id, "epoch": metrics["epoch"]}))
+            ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(folder))
 
 
 class RayContext:

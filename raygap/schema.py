@@ -34,7 +34,7 @@ DistributionType = choice("DistributionType", "uniform loguniform int choice")
 # kept_*: the validation figures of the epoch a trial exports (train.keep), so far; the others: this epoch's
 SearchMetric = choice("SearchMetric", "kept_robust_acc kept_clean_acc robust_acc clean_acc loss")
 Mode = choice("Mode", "max min")
-Scheduler = choice("Scheduler", "asha pareto_asha fifo")
+Scheduler = choice("Scheduler", "asha pareto_asha fifo pbt")
 Algorithm = choice("Algorithm", "auto tpe nsga2 random grid gp")
 Init = choice("Init", "auto pretrained scratch")
 Tracker = choice("Tracker", "mlflow")
@@ -155,10 +155,12 @@ class ObjectiveConfig:
 @dataclass
 class SchedulerConfig:
     # asha: early stopping on the first objective, per epoch; pareto_asha: on all objectives, a trial stopped
-    # only when enough trials at its rung dominate it (stopping.py); fifo: none
+    # only when enough trials at its rung dominate it (stopping.py); fifo: none; pbt: population-based
+    # training, the searched keys changed during training (stopping.population_based_training)
     name: Scheduler = Scheduler.asha
     grace_period: int = 2  # epochs every trial runs before it may be stopped
     reduction_factor: int = 2
+    perturbation_interval: int = 2  # pbt: epochs between two exploit-and-explore steps of the population
 
 
 @dataclass
@@ -246,7 +248,8 @@ def digest(node: Any, length: int = 10) -> str:
 # The rule for a new config key: it goes here (dotted; a whole node with its defaults as a dict) with its
 # default, and is left out of the digest while it holds it, so the same command keeps finding (and
 # resuming) an experiment named before the key existed (tests/test_written_before.py pins such names).
-LATER_KEYS = {"protocol": {"recipe": "", "model": ""}, "tune.startup_trials": None, "tune.multivariate": False}
+LATER_KEYS = {"protocol": {"recipe": "", "model": ""}, "tune.startup_trials": None, "tune.multivariate": False,
+              "tune.scheduler.perturbation_interval": 2}
 
 
 def name_digest(cfg: DictConfig) -> str:

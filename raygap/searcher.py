@@ -99,6 +99,17 @@ def searcher(cfg, experiment: str, experiment_dir: str, warm: WarmStart | None =
     return ConcurrencyLimiter(search, max_concurrent=cfg.tune.max_concurrent)
 
 
+def first_population(cfg):
+    """PBT's first population: Tune's own random sampling of the space (Ray's PBT refuses a searcher),
+    seeded, the config's own values first with tune.try_defaults. The whole population is created at once
+    (tune.max_concurrent does not apply): PBT pauses a trial it replaces until it restarts from its parent's
+    state, and a limit on live trials would count the paused ones against the rest."""
+    from ray.tune.search import BasicVariantGenerator
+
+    first = defaults_point(cfg) if cfg.tune.try_defaults else {}
+    return BasicVariantGenerator(points_to_evaluate=[first] if first else None, random_state=cfg.tune.seed)
+
+
 class ResumableOptunaSearch(OptunaSearch):
     """Ray's OptunaSearch, for a study that is ahead of the searcher state a resumed search restores.
 

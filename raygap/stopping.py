@@ -1,4 +1,5 @@
-"""Early stopping of trials, per epoch: ASHA on the first objective, or Pareto-aware ASHA on all of them.
+"""Early stopping of trials, per epoch: ASHA on the first objective, or Pareto-aware ASHA on all of them;
+or, instead of stopping, population-based training.
 
 Both stop trials at rungs, the epochs grace_period x reduction_factor^k before the last. ASHA (Ray's
 `ASHAScheduler`) keeps a trial at a rung when its first objective is in the top 1/reduction_factor of
@@ -6,13 +7,23 @@ the trials recorded there so far. With several objectives that stops a trial at 
 clean/robust front for being less robust; `ParetoASHA` instead stops a trial only when enough trials
 at its rung dominate it (are at least as good on every objective and better on one), in the spirit of
 MO-ASHA (Schmucker et al., 2021: successive halving on non-dominated ranks).
+
+PBT (Jaderberg et al., 2017; Ray's `PopulationBasedTraining`, asynchronous as Ray runs it by default): every
+perturbation_interval epochs of its own, a trial of the bottom quarter takes the state of one of the top
+quarter (exploit) and goes on with that trial's searched values perturbed (explore: x0.8 or x1.2, or
+resampled with probability 0.25), so a trial's learning rate and training epsilon may change during
+training: a schedule found, not written. Asynchronous, so a parent may be ahead of or behind the trial it
+replaces: runner.PopulationContext keeps the trial's own epochs up to the parent's. (Synchronous PBT,
+which waits for the whole population at each perturbation, hung when a killed search was resumed: its
+paused trials were never resumed by the restored scheduler.)
 """
 
 from __future__ import annotations
 
 import math
 
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining, TrialScheduler
 
 
 def rungs(max_t: int, grace_period: int, reduction_factor: int) -> list[int]:
@@ -62,12 +73,32 @@ class ParetoASHA(FIFOScheduler):
         return f"Pareto-aware ASHA on {', '.join(m for m, _ in self.objectives)}, rungs at {sorted(self.recorded)}"
 
 
+def tune_distribution(d: dict):
+    """A searched key's distribution as Ray Tune samples it (PBT's first population and its resampling)."""
+    if d["type"] == "choice":
+        return tune.choice(list(d["values"]))
+    if d["type"] == "int":
+        return (tune.lograndint if d["log"] else tune.randint)(int(d["low"]), int(d["high"]) + 1)
+    return (tune.loguniform if d["type"] == "loguniform" else tune.uniform)(d["low"], d["high"])
+
+
+def population_based_training(cfg) -> PopulationBasedTraining:
+    o = cfg.tune.objectives[0]
+    mutations = {key: list(d["values"]) if d["type"] == "choice" else tune_distribution(d)
+                 for key, d in cfg.tune.space.items()}
+    return PopulationBasedTraining(time_attr="training_iteration", metric=o.metric, mode=str(o.mode),
+                                   perturbation_interval=cfg.tune.scheduler.perturbation_interval,
+                                   hyperparam_mutations=mutations)
+
+
 def scheduler(cfg) -> TrialScheduler:
     """The search's trial scheduler for `tune.scheduler`."""
     s, objectives = cfg.tune.scheduler, cfg.tune.objectives
     grace_period = min(s.grace_period, cfg.train.epochs)
     if s.name == "fifo":
         return FIFOScheduler()
+    if s.name == "pbt":
+        return population_based_training(cfg)
     if s.name == "pareto_asha":
         return ParetoASHA([(o.metric, str(o.mode)) for o in objectives], cfg.train.epochs, grace_period,
                           s.reduction_factor)

@@ -55,7 +55,9 @@ def run_trial(config: dict) -> None:
     start = None if from_scratch(cfg) else cfg.pretrained
     run_dir = layout.run(experiment_dir, trial_id)
     context = None  # a Ray Train run of train.workers workers
-    if cfg.train.workers == 0:  # this process trains: no Train controller and workers to start, seconds a trial
+    if cfg.tune.scheduler.name == "pbt":  # a trial of a population: its state also goes to Tune, for clones
+        context = runner.PopulationContext(run_dir, cfg.train.cpus_per_worker, cfg.train.gpus_per_worker, trial_id)
+    elif cfg.train.workers == 0:  # this process trains: no Train controller and workers to start, seconds a trial
         context = runner.TuneTrialContext(run_dir, cfg.train.cpus_per_worker, cfg.train.gpus_per_worker)
     ray_compat.quiet_checkpoint_lines()
     started = time.time()
@@ -107,8 +109,9 @@ def run(cfg, search: str = DEFAULT_SEARCH) -> dict:
 def _search(cfg, search: str, experiment: str, experiment_dir: str, own: dict, resuming: bool,
             warm: searcher.WarmStart | None) -> dict:
     import ray.tune
-    from ray.tune import FailureConfig, RunConfig, TuneConfig, Tuner
+    from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
 
+    population = cfg.tune.scheduler.name == "pbt"
     runner.connect()
     print(f"search '{search}': {cfg.tune.num_samples} trials of {cfg.method.name} on {cfg.data.name} with "
           f"{cfg.model.name}, {cfg.train.epochs} epochs each, in {experiment_dir}", flush=True)
@@ -121,20 +124,32 @@ def _search(cfg, search: str, experiment: str, experiment_dir: str, own: dict, r
         study.fetch(experiment_dir)  # Tune's saved searcher reopens the study's journal from this machine's copy
         tuner = Tuner.restore(experiment_dir, trainable=trainable, resume_errored=False)
     else:
-        search_alg = searcher.searcher(cfg, experiment, experiment_dir, warm)
+        space, search_alg = {}, None
+        if population:  # Ray's PBT takes no searcher: Tune samples the first population from the space itself
+            space = {key: stopping.tune_distribution(d) for key, d in as_dict(cfg.tune.space).items()}
+            search_alg = searcher.first_population(cfg)
+        else:
+            search_alg = searcher.searcher(cfg, experiment, experiment_dir, warm)
         # Trials that train in their own process reuse it: the next trial skips a process start and the
         # imports (seconds on small CPUs); everything a trial trains with is built afresh in train_loop.
-        tuner = Tuner(trainable, param_space={"base": as_dict(cfg), "experiment": experiment},
+        tuner = Tuner(trainable, param_space={"base": as_dict(cfg), "experiment": experiment, **space},
                       tune_config=TuneConfig(search_alg=search_alg, scheduler=stopping.scheduler(cfg),
                                              reuse_actors=cfg.train.workers == 0,
                                              num_samples=cfg.tune.num_samples, trial_name_creator=_trial_name,
                                              trial_dirname_creator=_trial_name),
                       run_config=RunConfig(name=experiment, storage_path=cfg.storage, verbose=0,
+                                           # PBT would pause a trial at its last epoch to perturb it: Tune's
+                                           # stop, checked before the scheduler, ends it there instead
+                                           stop={"training_iteration": cfg.train.epochs} if population else None,
                                            callbacks=[Recorder(cfg, experiment),
                                                       *trackers.callbacks(cfg, experiment)],
+                                           # PBT hands a trial the last checkpoint of a better one: keep
+                                           # a few, as Ray advises (ones deleted too early cannot be cloned)
+                                           checkpoint_config=CheckpointConfig(num_to_keep=3 if population else None),
                                            failure_config=FailureConfig(max_failures=cfg.tune.max_failures)))
-    print(f"Optuna study '{experiment}': {study.dashboard_command(cfg.tune.optuna_storage, experiment_dir)}",
-          flush=True)
+    if not population:
+        print(f"Optuna study '{experiment}': {study.dashboard_command(cfg.tune.optuna_storage, experiment_dir)}",
+              flush=True)
     try:
         tuner.fit()
     except Exception as err:  # Tune wraps what a callback raised: find the storage error, if that was it
@@ -147,8 +162,9 @@ def _search(cfg, search: str, experiment: str, experiment_dir: str, own: dict, r
     frame = results.read_table(experiment_dir, "trials")
     if len(frame) < cfg.tune.num_samples or (frame.status == "running").any():
         raise KeyboardInterrupt
-    _close_orphans(cfg, experiment, experiment_dir)
-    study.push(experiment_dir)
+    if not population:
+        _close_orphans(cfg, experiment, experiment_dir)
+        study.push(experiment_dir)
     finalists(cfg, experiment_dir)
     trackers.log_finalists(cfg, experiment, results.read_table(experiment_dir, "trials"))
     ray.shutdown()  # flushes the workers' last log lines now, before the summary and the last line

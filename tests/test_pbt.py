@@ -1,0 +1,96 @@
+"""Population-based training (tune.scheduler.name=pbt) on the digits: exploits happen, a clone goes on from
+its parent's state, the epochs table keeps one row per trial and epoch with the lineage, a killed search
+finishes when run again, and bad PBT settings are one line before Ray starts."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from helpers import run_main
+from raygap import results
+
+
+def pbt_command(storage, path, *args):
+    # two learning rates far apart: after an epoch the trials at 1e-4 have barely left the natural model
+    # (robust accuracy near its own) and those at 0.05 are far more robust, so the bottom quarter is
+    # replaced by the top quarter at every perturbation, and a clone's jump is plain to see
+    space = storage / "pbt.yaml"
+    space.write_text("defaults: [afd_pbt, _self_]\ntune:\n  space:\n"
+                     "    train.lr: {type: choice, values: [0.0001, 0.05]}\n"
+                     "    method.align_weight: {type: choice, values: [25.0]}\n")
+    return [sys.executable, "-m", "raygap.tune", f"search={space}", f"storage={storage}", f"pretrained={path}",
+            "name=pbt", "tune.num_samples=4", "tune.max_concurrent=2", "train.epochs=4",
+            "tune.scheduler.perturbation_interval=1", "tune.try_defaults=false", "eval.val_n=100",
+            "final_eval.n=50", "final_eval.attacks=[clean,pgd20]", *args]
+
+
+@pytest.mark.slow
+def test_a_pbt_search_clones_trials_records_their_lineage_and_finishes_after_a_kill(tmp_path, natural_digits):
+    command = pbt_command(tmp_path, natural_digits[1])
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", PYTHONUNBUFFERED="1")
+    experiment = tmp_path / "pbt"
+    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             start_new_session=True)
+    deadline = time.time() + 600
+    while time.time() < deadline:  # killed once a clone has trained an epoch
+        epochs = results.read_table(experiment, "epochs")
+        if not epochs.empty and epochs.parent_trial.notna().any():
+            break
+        assert first.poll() is None, first.stdout.read()[-3000:]
+        time.sleep(1)
+    else:
+        raise AssertionError("no trial was cloned")
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0, second.stderr[-3000:]
+    trials = results.read_table(experiment, "trials")
+    epochs = results.read_table(experiment, "epochs")
+    assert len(trials) == 4 and set(trials.status) == {"completed"}
+    assert not epochs.duplicated(["trial_id", "epoch"]).any()
+    assert sorted(epochs.groupby("trial_id").epoch.max()) == [4, 4, 4, 4]
+    clones = epochs[epochs.parent_trial.notna()]
+    assert len(clones) >= 1 and (clones.parent_trial != clones.trial_id).all()
+    # cloned at an epoch the parent had trained, into the next (or, after a resume, when PBT's synchronisation
+    # starts afresh, into the epoch after the parent's if the parent was ahead)
+    assert (clones.parent_epoch >= 1).all() and (clones.epoch == clones.parent_epoch + 1).all()
+    rows = epochs.set_index(["trial_id", "epoch"])
+    jumps = 0
+    for clone in clones.itertuples():
+        parent = rows.loc[(clone.parent_trial, clone.parent_epoch)]
+        own = epochs[(epochs.trial_id == clone.trial_id) & (epochs.epoch < clone.epoch)].sort_values("epoch").iloc[-1]
+        if parent.robust_acc > own.robust_acc + 0.05:  # a clear gap between the two lineages
+            # the clone goes on from its parent's weights: its robust accuracy jumps most of the way to the parent's
+            assert clone.robust_acc - own.robust_acc > 0.5 * (parent.robust_acc - own.robust_acc), clone
+            jumps += 1
+    assert jumps >= 1, clones
+    # each row keeps the config it trained with: one rate before a trial's first clone, a rate of the space after
+    for trial_id, rows_of_trial in epochs.sort_values("epoch").groupby("trial_id"):
+        first_clone = rows_of_trial.parent_trial.notna().idxmax() if rows_of_trial.parent_trial.notna().any() else None
+        before = rows_of_trial.loc[:first_clone].iloc[:-1] if first_clone is not None else rows_of_trial
+        assert before["train.lr"].nunique() <= 1, trial_id
+    assert set(epochs["train.lr"]) <= {0.0001, 0.05}
+
+    report = run_main("report", f"storage={tmp_path}", "name=pbt")  # the schedules the population followed
+    assert report.returncode == 0, report.stderr
+    assert (experiment / "report" / "schedules.png").stat().st_size > 0
+    assert "The schedules the population followed" in (experiment / "report" / "index.html").read_text()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["search=afd", "tune.scheduler.name=pbt"], "tune.space.method.disentangler_size cannot change once training"),
+    (["search=afd_pbt", "train.keep=best"], "use train.keep=last"),
+    (["search=afd_pbt", "tune.algorithm=tpe"], "so tune.algorithm=tpe would not be used"),
+    (["search=afd_pbt", "train.workers=1", "tune.trial_resources={CPU:0.1}"], "use train.workers=0"),
+    (["search=afd_pbt", "tune.num_samples=3"], "needs a population of 4 or more"),
+    (["search=afd_pbt", "tune.scheduler.perturbation_interval=6"], "must lie in [1, train.epochs=6)"),
+])
+def test_bad_pbt_settings_are_one_line_before_ray_starts(tmp_path, args, message):
+    proc = run_main("tune", f"storage={tmp_path / 'results'}", *args)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert message in proc.stderr and not (tmp_path / "results").exists()
