@@ -227,7 +227,8 @@ def plot_schedules(trials: pd.DataFrame, epochs: pd.DataFrame):
                 ax.plot([clone.parent_epoch, clone.epoch], [parent[key].iloc[0], value], "k:", lw=0.8)
         ax.set(ylabel=key, yscale="log" if key in ("train.lr", "train.weight_decay") else "linear")
         ax.xaxis.get_major_locator().set_params(integer=True)
-    axes[0, 0].set_title(f"the schedules of {rows.trial_id.nunique()} trials ({len(clones)} exploit{'s' * (len(clones) != 1)} ringed)")
+    exploits = f"{len(clones)} exploit{'s' * (len(clones) != 1)}"
+    axes[0, 0].set_title(f"the schedules of {rows.trial_id.nunique()} trials ({exploits} ringed)")
     axes[-1, 0].set_xlabel("epoch")
     axes[0, 0].legend(fontsize=6, ncol=2)
     return fig
