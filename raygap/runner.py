@@ -190,7 +190,7 @@ class PopulationContext(TuneTrialContext):
     def report(self, metrics: dict, state: dict):
         import ray.tune
 
-        LocalContext.report(self, metrics, state)
+        LocalContext.report(self, metrics, state)  # state.pt; not TuneTrialContext's: one report, with the checkpoint
         with tempfile.TemporaryDirectory() as folder:
             torch.save(state, os.path.join(folder, "state.pt"))
             Path(folder, "source.json").write_text(json.dumps({"trial": self.trial_id, "epoch": metrics["epoch"]}))
