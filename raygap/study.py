@@ -12,15 +12,24 @@
   is enough to run and resume a search, and the copy is never older than the searcher state Tune saved
   beside it (see Recorder.get_state).
 - Experiments begun before the journal (2026-11-24) keep their SQLite study, optuna.db.
+
+A crash in the middle of an append (power lost, SIGKILL) leaves the journal's last record cut short.
+Optuna's reader skips such a tail, but its next append lands after it and the merged line makes every
+later read fail (JSONDecodeError): the whole study lost to a few bytes. The driver, holding the
+experiment's lease, calls `repair_journal` before it opens the study: a torn tail is dropped with one
+line, damage anywhere else refused, naming the file. Readers (analysis, optuna-dashboard) never repair:
+beside a live driver, a tail may be an append in flight, and Optuna's reader skips it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shlex
 
 from raygap import layout, storage
+from raygap.errors import UserError
 
 
 
@@ -65,6 +74,27 @@ def open_storage(optuna_storage: str, experiment_dir: str):
     fetch(experiment_dir)
     os.makedirs(os.path.dirname(address), exist_ok=True)
     return optuna.storages.JournalStorage(JournalFileBackend(address))
+
+
+def repair_journal(path: str) -> None:
+    """Drop a journal's last record if a crash cut it short (its bytes after the last newline), saying so
+    in one line; refuse, naming the file, a journal damaged anywhere else. Whole records are kept as they are."""
+    if not os.path.isfile(path):
+        return
+    with open(path, "rb") as fh:
+        data = fh.read()
+    whole = data.rfind(b"\n") + 1
+    for number, line in enumerate(data[:whole].splitlines(), 1):
+        try:
+            json.loads(line)
+        except ValueError:
+            raise UserError(f"the Optuna journal {path} is damaged at record {number}, not at its end where a "
+                            "crash would cut it: move it aside and run again (the search's tables stay; its "
+                            "study starts afresh), or restore it from a backup") from None
+    if whole < len(data):
+        print(f"[study] the last record of {path} was cut short by a crash ({len(data) - whole} bytes): dropped; "
+              "the study goes on from the whole records before it", flush=True)
+        os.truncate(path, whole)
 
 
 def fetch(experiment_dir: str) -> None:

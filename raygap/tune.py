@@ -112,6 +112,9 @@ def _search(cfg, search: str, experiment: str, experiment_dir: str, own: dict, r
     from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
 
     population = cfg.tune.scheduler.name == "pbt"
+    if not cfg.tune.optuna_storage:  # under the lease: no other driver is appending to the journal now
+        study.fetch(experiment_dir)  # a resumed searcher reopens the journal from this machine's copy
+        study.repair_journal(study.journal_path(experiment_dir))
     runner.connect()
     print(f"search '{search}': {cfg.tune.num_samples} trials of {cfg.method.name} on {cfg.data.name} with "
           f"{cfg.model.name}, {cfg.train.epochs} epochs each, in {experiment_dir}", flush=True)
@@ -121,7 +124,6 @@ def _search(cfg, search: str, experiment: str, experiment_dir: str, own: dict, r
     trainable = ray.tune.with_resources(run_trial, own)
     if resuming:
         print(f"resuming the search in {experiment_dir}", flush=True)
-        study.fetch(experiment_dir)  # Tune's saved searcher reopens the study's journal from this machine's copy
         tuner = Tuner.restore(experiment_dir, trainable=trainable, resume_errored=False)
     else:
         space, search_alg = {}, None

@@ -84,10 +84,14 @@ def test_sigkill_of_the_driver_then_the_same_command_finishes_the_search(tmp_pat
     assert beside.stderr.count("\n") == 1 and f"another driver (pid {first.pid} on" in beside.stderr
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
+    # and, as a kill in the middle of an append leaves it, the study's last record cut short
+    journal = tmp_path / "killed" / "optuna.journal"
+    with open(journal, "ab") as fh:
+        fh.write(journal.read_bytes().splitlines(keepends=True)[-1][:30])
 
     second = tune_cli(tmp_path, path, *args)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "resuming" in second.stdout
+    assert "resuming" in second.stdout and f"[study] the last record of {journal} was cut short" in second.stdout
     trials, epochs = check_tables(tmp_path / "killed")
     assert (trials.status == "completed").sum() == 3
     # a trial the killed driver started before Tune saved its state is recorded as lost, not left running
