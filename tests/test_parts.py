@@ -65,10 +65,10 @@ def test_the_ema_warms_up_then_holds_its_decay_and_copies_counters():
     assert again.updates == ema.updates == 22 and torch.equal(again.module.weight, ema.module.weight)
 
 
-def make_parts(seed: int) -> Parts:
+def make_parts(seed: int, lr: float = 0.1, weight_decay: float = 0.0) -> Parts:
     torch.manual_seed(seed)
     module = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 3))
-    optimizer = torch.optim.SGD(module.parameters(), lr=0.1, momentum=0.9)
+    optimizer = torch.optim.SGD(module.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 ** step)
     return Parts(objective=None, module=module, attacked=module, net=module, compiled=False, optimizer=optimizer,
                  scheduler=scheduler, ema=EMA(module, 0.9))
@@ -97,6 +97,23 @@ def test_a_run_restored_from_its_state_trains_on_exactly_as_the_uninterrupted_ru
         assert torch.equal(a, b)
     assert straight.optimizer.param_groups[0]["lr"] == resumed.optimizer.param_groups[0]["lr"] == 0.1 * 0.5 ** 6
     assert torch.equal(straight.evaluated[0].weight, resumed.evaluated[0].weight)  # the EMA's weights
+
+
+def test_a_pbt_clone_takes_the_state_and_keeps_its_own_settings_on_the_schedule_reached():
+    torch.manual_seed(0)
+    parent = make_parts(1)
+    for _ in range(3):
+        step(parent, torch.randn(16, 4), torch.randint(0, 3, (16,)))
+    clone = make_parts(2, lr=0.04, weight_decay=1e-3)  # its perturbed config: another rate and decay
+    clone.load(copy.deepcopy(parent.state()), keep_settings=True)
+    for a, b in zip(parent.state()["module"].values(), clone.state()["module"].values()):
+        assert torch.equal(a, b)
+    group, theirs = clone.optimizer.param_groups[0], parent.optimizer.param_groups[0]
+    assert (group["lr"], group["weight_decay"]) == (pytest.approx(0.04 * 0.5 ** 3), 1e-3)  # step 3 of its schedule
+    assert clone.scheduler.last_epoch == 3 and theirs["lr"] == pytest.approx(0.1 * 0.5 ** 3)
+    first = group["params"][0]
+    assert torch.equal(clone.optimizer.state[first]["momentum_buffer"],
+                       parent.optimizer.state[theirs["params"][0]]["momentum_buffer"])
 
 
 def test_a_job_travels_as_plain_data_and_gives_each_method_its_params(tmp_path):
