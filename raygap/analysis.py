@@ -271,10 +271,9 @@ def importances(experiment_dir: str, storage_url: str | None = None) -> pd.Serie
     import optuna
 
     name = experiment_dir.rstrip("/").rsplit("/", 1)[-1]
-    try:
-        optuna_study = optuna.load_study(study_name=name, storage=study.open_storage(storage_url or "", experiment_dir))
-    except KeyError:  # no study: a PBT search runs without Optuna
+    if not study.exists(storage_url or "", experiment_dir):  # a PBT search runs without Optuna
         return pd.Series(dtype=float, name="importance")
+    optuna_study = optuna.load_study(study_name=name, storage=study.open_storage(storage_url or "", experiment_dir))
     target = (lambda t: t.values[0]) if len(optuna_study.directions) > 1 else None
     done = optuna_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     # importances need every completed trial to share at least one hyperparameter that varies

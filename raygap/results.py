@@ -249,6 +249,6 @@ def read_table(experiment_dir: str, table: str):
     # pyarrow skips the hidden temporary files of writes in flight (names starting with '.'). It takes a
     # folder's schema from its first file, so the columns of every part are unified first: a part written
     # before a column was added (EpochRow's lineage) reads it as null, and the column is kept.
-    parts = pads.dataset(where, filesystem=fs, format="parquet")
+    parts = pads.dataset(where, filesystem=fs, format="parquet")  # one listing of the folder, reused below
     schema = pa.unify_schemas([fragment.physical_schema for fragment in parts.get_fragments()])
-    return pads.dataset(where, filesystem=fs, format="parquet", schema=schema).to_table().to_pandas()
+    return parts.replace_schema(schema).to_table().to_pandas()

@@ -63,6 +63,16 @@ def dashboard_command(optuna_storage: str, experiment_dir: str) -> str:
     return f"optuna-dashboard {shlex.quote(url(optuna_storage, experiment_dir))}"
 
 
+def exists(optuna_storage: str, experiment_dir: str) -> bool:
+    """Whether the experiment has a study to open (a PBT search has none), without making one: opening a
+    journal that is not there creates it."""
+    address = url(optuna_storage, experiment_dir)
+    if "://" in address:
+        return True
+    fetch(experiment_dir)
+    return os.path.isfile(address)
+
+
 def open_storage(optuna_storage: str, experiment_dir: str):
     """The Optuna storage of the experiment's study (on an object store, the bucket's journal fetched first)."""
     import optuna

@@ -80,6 +80,7 @@ def test_a_pbt_search_clones_trials_records_their_lineage_and_finishes_after_a_k
     assert report.returncode == 0, report.stderr
     assert (experiment / "report" / "schedules.png").stat().st_size > 0
     assert "The schedules the population followed" in (experiment / "report" / "index.html").read_text()
+    assert not (experiment / "optuna.journal").exists()  # the report made no empty study: PBT has none
 
 
 @pytest.mark.parametrize("args,message", [

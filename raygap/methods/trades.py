@@ -33,6 +33,7 @@ class TRADES(Objective):
     class Params:
         name: str = "trades"
         beta: float = 6.0
+
     def adversarial(self, module, x, y):
         p_nat = F.softmax(module(x).float(), 1).detach()
         # The attack maximises the same KL the loss minimises; a random start is needed since its
