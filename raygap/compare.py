@@ -159,12 +159,19 @@ def run(cfg, search: str = DEFAULT_SEARCH) -> dict:
           f"; every finalist attacked with {', '.join(cfg.final_eval.attacks)} on the same "
           f"{cfg.final_eval.n or 'all'} test images; in {folder}", flush=True)
     with DriverLock(folder):
-        if not from_scratch(arms[0].cfg) and not cfg.pretrained:  # one natural model for every arm
+        # An evaluated arm is not entered again: its tables are all the comparison reads, so a comparison
+        # resumes from them alone (kept apart from the checkpoints, they survive a lost machine)
+        evaluated = [finalist(arm, layout.experiment(folder, arm.name)) is not None for arm in arms]
+        # one natural model for every arm
+        if not all(evaluated) and not from_scratch(arms[0].cfg) and not cfg.pretrained:
             natural = runner.natural_model(cfg)["checkpoint"]
             for arm in arms:
                 arm.cfg.pretrained = natural
-        for number, arm in enumerate(arms, 1):
-            print(f"\n[compare] arm {number} of {len(arms)}: {arm.label}, seed {arm.seed}", flush=True)
+        for number, (arm, done) in enumerate(zip(arms, evaluated), 1):
+            print(f"\n[compare] arm {number} of {len(arms)}: {arm.label}, seed {arm.seed}"
+                  + (": evaluated before, kept" if done else ""), flush=True)
+            if done:
+                continue
             arm.cfg.storage, arm.cfg.name = folder, arm.name
             if arm.tuned:
                 tune.run(arm.cfg, search)
@@ -190,18 +197,32 @@ def run_untuned(arm: Arm, arm_dir: str) -> None:
         results.write_examples(arm_dir, "untuned", result, arm.cfg.final_eval.attacks)
 
 
-def arm_row(arm: Arm, arm_dir: str) -> tuple[dict, object]:
-    """(the arm's row of the arms table, its examples) read back from its folder."""
+def finalist(arm: Arm, arm_dir: str) -> str | None:
+    """The trial id of the arm's evaluated finalist ("untuned" for an untuned arm), None before its test
+    figures are written."""
+    trial_id = "untuned"
     if arm.tuned:
+        if not storage.exists(layout.table(arm_dir, "trials")):
+            return None
         trials = results.read_table(arm_dir, "trials")
         finalists = trials[trials.finalist == True]  # noqa: E712 (a nullable column)
         if finalists.empty:
-            raise UserError(f"the search of {arm.label} at seed {arm.seed} has no finalist: no trial completed (see "
-                            f"{arm_dir}/trials); fix the cause and run the same command again")
-        finalist = finalists.iloc[0]
-        trial_id, params, runs = finalist.trial_id, finalist.params, trials
+            return None
+        trial_id = finalists.trial_id.iloc[0]
+    return trial_id if storage.exists(layout.part(arm_dir, "examples", trial_id)) else None
+
+
+def arm_row(arm: Arm, arm_dir: str) -> tuple[dict, object]:
+    """(the arm's row of the arms table, its examples) read back from its folder."""
+    trial_id = finalist(arm, arm_dir)
+    if trial_id is None:
+        raise UserError(f"the search of {arm.label} at seed {arm.seed} has no evaluated finalist: no trial completed "
+                        f"(see {arm_dir}/trials); fix the cause and run the same command again")
+    if arm.tuned:
+        trials = results.read_table(arm_dir, "trials")
+        params, runs = trials[trials.trial_id == trial_id].params.iloc[0], trials
     else:
-        trial_id, params = "untuned", "{}"
+        params = "{}"
         runs = results.read_table(arm_dir, "epochs").groupby("trial_id").agg(
             epochs=("epoch", "max"), cpu_seconds=("cpu_seconds", "sum"), gpu_seconds=("gpu_seconds", "sum"))
     examples = results.read_part(layout.part(arm_dir, "examples", trial_id))
