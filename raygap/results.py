@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import time
 import types
 import typing
 from functools import lru_cache
@@ -246,9 +247,18 @@ def read_table(experiment_dir: str, table: str):
     if not storage.listdir(folder):
         return pd.DataFrame()
     fs, where = storage.filesystem(folder)
-    # pyarrow skips the hidden temporary files of writes in flight (names starting with '.'). It takes a
-    # folder's schema from its first file, so the columns of every part are unified first: a part written
-    # before a column was added (EpochRow's lineage) reads it as null, and the column is kept.
-    parts = pads.dataset(where, filesystem=fs, format="parquet")  # one listing of the folder, reused below
-    schema = pa.unify_schemas([fragment.physical_schema for fragment in parts.get_fragments()])
-    return parts.replace_schema(schema).to_table().to_pandas()
+    for attempt in range(1, 6):
+        try:
+            # pyarrow skips the hidden temporary files of writes in flight (names starting with '.'). It takes
+            # a folder's schema from its first file, so the columns of every part are unified first: a part
+            # written before a column was added (EpochRow's lineage) reads it as null, and the column is kept.
+            parts = pads.dataset(where, filesystem=fs, format="parquet")  # one listing, reused below
+            schema = pa.unify_schemas([fragment.physical_schema for fragment in parts.get_fragments()])
+            return parts.replace_schema(schema).to_table().to_pandas()
+        except (pa.ArrowInvalid, OSError):
+            # A part replaced between the listing and its read (a running search updates a trial's row) is
+            # read at the listed size, which is the old file's: list again. A part that stays unreadable is
+            # a damaged file, which check_readable names before a search writes beside it.
+            if attempt == 5:
+                raise
+            time.sleep(0.2 * attempt)

@@ -8,7 +8,7 @@ import pytest
 
 os.environ["RAY_AUTH_MODE"] = "disabled"
 
-from helpers import LR_SPACE, load, tune_cli  # noqa: E402
+from helpers import LR_SPACE, free_port, load, serve_s3, tune_cli  # noqa: E402
 from raygap import runner  # noqa: E402
 
 
@@ -48,3 +48,24 @@ def small_search(tmp_path_factory, natural_digits):
     proc = tune_cli(storage, natural_digits[1], *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return storage / "small", proc, args
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """An S3 endpoint on localhost with the bucket `runs`, set for this process and every command it starts
+    through the usual AWS settings (its server process under "server"); the Optuna journal's local copies
+    go to a fresh cache folder."""
+    import boto3
+
+    port = free_port()
+    server = serve_s3(port)
+    settings = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                "XDG_CACHE_HOME": str(tmp_path_factory.mktemp("cache"))}
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in settings.items():
+            patch.setenv(key, value)
+        boto3.client("s3").create_bucket(Bucket="runs")
+        yield {**settings, "server": server}
+    server.terminate()
+    server.wait()

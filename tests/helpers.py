@@ -84,6 +84,17 @@ def wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: floa
     raise AssertionError(f"{what} did not listen on port {port}")
 
 
+BUCKET_ROOT = "s3://runs/raygap"  # the bucket the `s3` fixture makes
+
+
+def serve_s3(port: int, **env) -> subprocess.Popen:
+    """moto's S3 server on localhost: a real S3 endpoint (conditional writes included) for the tests."""
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, **env))
+    wait_for_port(port, server, "moto's S3 server")
+    return server
+
+
 def run_main(module, *args):
     """`python -m raygap.<module> args` run by the command's own main() in this process: the same parsing,
     validation and error line, without the seconds a new interpreter spends importing torch and Ray (for

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import duckdb
 import nbformat
@@ -20,40 +21,10 @@ from nbclient import NotebookClient
 from raygap import results, storage
 from raygap.study import open_storage
 
-from helpers import free_port, run_cli, start_search_until_a_trial_completes, tune_cli, wait_for_port
+from helpers import BUCKET_ROOT, free_port, run_cli, serve_s3, start_search_until_a_trial_completes, tune_cli
 from test_analysis import NOTEBOOK
 
 pytestmark = pytest.mark.slow  # searches in a local S3 server
-
-BUCKET_ROOT = "s3://runs/raygap"
-
-
-def _serve(port: int, **env) -> subprocess.Popen:
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, **env))
-    wait_for_port(port, server, "moto's S3 server")
-    return server
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    """An S3 endpoint on localhost with the bucket `runs`, set for this process and every command it starts
-    through the usual AWS settings; the Optuna journal's local copies go to a fresh cache folder."""
-    import boto3
-
-    port = free_port()
-    server = _serve(port)
-    settings = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-                "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-                "XDG_CACHE_HOME": str(tmp_path_factory.mktemp("cache"))}
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in settings.items():
-            patch.setenv(key, value)
-        boto3.client("s3").create_bucket(Bucket="runs")
-        yield settings
-    server.terminate()
-    server.wait()
-
 
 def test_a_search_in_a_bucket_is_killed_resumed_and_read_back(s3, tmp_path, natural_digits):
     _, path = natural_digits
@@ -101,7 +72,7 @@ def test_a_storage_that_cannot_be_written_is_refused_with_one_line_before_ray(s3
     env = {}
     if case == "credentials refused":  # a second server that checks credentials and knows none
         port = free_port()
-        server = _serve(port, INITIAL_NO_AUTH_ACTION_COUNT="0")
+        server = serve_s3(port, INITIAL_NO_AUTH_ACTION_COUNT="0")
         env["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{port}"
     elif case == "endpoint down":
         env["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{free_port()}"
@@ -119,13 +90,18 @@ def test_a_storage_that_cannot_be_written_is_refused_with_one_line_before_ray(s3
     assert not results.read_table(f"{BUCKET_ROOT}/refused", "trials").shape[0]  # nothing written
 
 
-def test_the_driver_lease_works_in_a_bucket(s3):
-    from raygap.errors import UserError
-    from raygap.lock import DriverLock
-
-    experiment = f"{BUCKET_ROOT}/leased"
-    with DriverLock(experiment) as held:
-        assert storage.exists(f"{experiment}/driver.lock") and held.holder()["token"] == held.me["token"]
-        with pytest.raises(UserError, match=f"pid {os.getpid()} on"):
-            DriverLock(experiment).__enter__()
-    assert not storage.exists(f"{experiment}/driver.lock")
+def test_a_search_waits_out_a_bucket_that_stops_answering_for_a_while(s3, tmp_path, natural_digits):
+    _, path = natural_digits
+    args = [f"storage={BUCKET_ROOT}", "name=outage", "tune.num_samples=3", "tune.scheduler.name=fifo"]
+    experiment = f"{BUCKET_ROOT}/outage"
+    search, _ = start_search_until_a_trial_completes(tmp_path, path, args, experiment)
+    os.kill(s3["server"].pid, signal.SIGSTOP)  # longer than a request's timeouts: raygap's writes see it fail
+    try:
+        time.sleep(30)
+    finally:
+        os.kill(s3["server"].pid, signal.SIGCONT)
+    output, _ = search.communicate(timeout=900)
+    assert search.returncode == 0, output[-3000:]
+    assert "does not answer" in output and "retrying for up to 300 s" in output
+    trials = results.read_table(experiment, "trials")
+    assert len(trials) == 3 and (trials.status == "completed").sum() == 3  # nothing lost, nothing twice
