@@ -1,6 +1,8 @@
 """Defences compared at an equal budget: the paired interval, bad input, and a short real comparison on digits
 (its tables read back, the report's comparison page, the notebook's comparison section on a real kernel)."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,8 @@ from raygap.compare import own_space, plan
 
 from helpers import run_cli, run_main
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "analyze_trials.ipynb"
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "notebooks" / "analyze_trials.ipynb"
 
 
 def test_a_strict_superset_of_correct_examples_gives_an_interval_above_zero():
@@ -138,11 +141,10 @@ def test_a_short_comparison_searches_each_method_at_the_same_budget_on_the_same_
     assert "paired differences a - b" in proc.stdout and "most robust (worst case" in proc.stdout
     # run again from the Parquet tables alone, as on a new machine that kept only them (no checkpoints, no
     # journal, no natural model): every arm is kept, nothing is trained, and the tables are the same
-    for part in folder.rglob("*.parquet"):
-        kept = tmp_path / "short" / part.relative_to(folder)
-        if "runs" not in part.relative_to(folder).parts:
-            kept.parent.mkdir(parents=True, exist_ok=True)
-            kept.write_bytes(part.read_bytes())
+    kept = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "keep_tables.py"), str(folder.parent),
+                           str(tmp_path)], capture_output=True, text=True)
+    assert kept.returncode == 0 and "files copied" in kept.stdout, kept.stderr
+    assert not list(tmp_path.rglob("*.pt")) and not list(tmp_path.rglob("*.journal"))
     elsewhere = [a for a in args if not a.startswith(("storage=", "pretrained="))]
     again = run_cli("compare", f"storage={tmp_path}", *elsewhere)
     assert again.returncode == 0 and "] epoch " not in again.stdout, again.stderr[-2000:]
