@@ -5,8 +5,10 @@ from __future__ import annotations
 import functools
 import json
 import math
+import threading
 from dataclasses import dataclass
 
+import optuna
 from omegaconf import OmegaConf
 from ray.tune.search.optuna import OptunaSearch
 
@@ -72,10 +74,23 @@ def sampler(cfg):
     joint = {"multivariate": True} if t.get("multivariate") else {}  # Optuna warns that it is experimental
     return {"tpe": lambda: optuna.samplers.TPESampler(seed=t.seed, **startup, **joint),
             "gp": lambda: optuna.samplers.GPSampler(seed=t.seed, **startup),
-            "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=t.seed),
+            "nsga2": lambda: PicklableNSGAIISampler(seed=t.seed),
             "random": lambda: optuna.samplers.RandomSampler(seed=t.seed),
             "grid": lambda: optuna.samplers.GridSampler({k: list(d["values"]) for k, d in t.space.items()},
                                                         seed=t.seed)}[search_algorithm(cfg)]()
+
+
+class PicklableNSGAIISampler(optuna.samplers.NSGAIISampler):
+    """Optuna's NSGA-II, which Tune can pickle: since Optuna 5.1 its genetic samplers hold a threading.Lock
+    (optuna/samplers/_ga/_base.py), and Tune pickles the searcher with the Tuner and at every save. The
+    lock only guards this process's threads, so a restored sampler gets a new one."""
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_thread_lock"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._thread_lock = threading.Lock()
 
 
 def searcher(cfg, experiment: str, experiment_dir: str, warm: WarmStart | None = None):
