@@ -202,10 +202,8 @@ def finalist(arm: Arm, arm_dir: str) -> str | None:
     figures are written."""
     trial_id = "untuned"
     if arm.tuned:
-        if not storage.exists(layout.table(arm_dir, "trials")):
-            return None
-        trials = results.read_table(arm_dir, "trials")
-        finalists = trials[trials.finalist == True]  # noqa: E712 (a nullable column)
+        trials = results.read_table(arm_dir, "trials")  # empty before the search wrote a row
+        finalists = trials[trials.finalist == True] if not trials.empty else trials  # noqa: E712 (nullable)
         if finalists.empty:
             return None
         trial_id = finalists.trial_id.iloc[0]
