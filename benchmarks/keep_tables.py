@@ -22,6 +22,7 @@ def kept(root: Path):
         if path.suffix == ".parquet" and "runs" not in where.parts:
             # an arm (<comparison>/<arm>/<table>/<part>) only once its finalist was evaluated: a search cut
             # short cannot resume without Tune's state, so the comparison runs that arm again from scratch
+            # (the natural model's epochs, pretrained/<key>/epochs/<part>, are not needed either)
             if len(where.parts) != 4 or (root / where.parts[0] / where.parts[1] / "examples").is_dir():
                 yield where
         elif where.parts[0] == "pretrained" and path.name in ("model.pt", "config.yaml"):

@@ -197,12 +197,13 @@ def run_untuned(arm: Arm, arm_dir: str) -> None:
         results.write_examples(arm_dir, "untuned", result, arm.cfg.final_eval.attacks)
 
 
-def finalist(arm: Arm, arm_dir: str) -> str | None:
+def finalist(arm: Arm, arm_dir: str, trials=None) -> str | None:
     """The trial id of the arm's evaluated finalist ("untuned" for an untuned arm), None before its test
-    figures are written."""
+    figures are written; `trials`: the arm's trials table, when read already."""
     trial_id = "untuned"
     if arm.tuned:
-        trials = results.read_table(arm_dir, "trials")  # empty before the search wrote a row
+        if trials is None:
+            trials = results.read_table(arm_dir, "trials")  # empty before the search wrote a row
         finalists = trials[trials.finalist == True] if not trials.empty else trials  # noqa: E712 (nullable)
         if finalists.empty:
             return None
@@ -212,12 +213,12 @@ def finalist(arm: Arm, arm_dir: str) -> str | None:
 
 def arm_row(arm: Arm, arm_dir: str) -> tuple[dict, object]:
     """(the arm's row of the arms table, its examples) read back from its folder."""
-    trial_id = finalist(arm, arm_dir)
+    trials = results.read_table(arm_dir, "trials") if arm.tuned else None
+    trial_id = finalist(arm, arm_dir, trials)
     if trial_id is None:
         raise UserError(f"the search of {arm.label} at seed {arm.seed} has no evaluated finalist: no trial completed "
                         f"(see {arm_dir}/trials); fix the cause and run the same command again")
     if arm.tuned:
-        trials = results.read_table(arm_dir, "trials")
         params, runs = trials[trials.trial_id == trial_id].params.iloc[0], trials
     else:
         params = "{}"

@@ -26,7 +26,6 @@ import sys
 import threading
 import time
 import uuid
-from urllib.parse import parse_qs, urlparse
 
 from raygap import layout, storage
 from raygap.errors import StorageError, UserError
@@ -131,8 +130,8 @@ class FileLease:
 
 class S3Lease:
     """The lease as an S3 object, every write conditional on its ETag (boto3: pyarrow cannot send the
-    preconditions). The endpoint is boto3's (AWS_ENDPOINT_URL and the usual AWS settings), or the
-    URI's own `endpoint_override` and `scheme` as pyarrow reads them."""
+    preconditions). The endpoint and credentials are boto3's: AWS_ENDPOINT_URL and the usual AWS settings,
+    as pyarrow reads them for the rest of the storage."""
 
     def __init__(self, path: str):
         try:
@@ -141,17 +140,13 @@ class S3Lease:
         except ImportError:
             raise UserError("a search in an S3 bucket leases its experiment with S3's conditional writes, which "
                             "need boto3: pip install 'raygap[s3]' (or pip install boto3)") from None
-        uri = urlparse(path)
-        query = {k: v[0] for k, v in parse_qs(uri.query).items()}
-        endpoint = query.get("endpoint_override")
-        if endpoint and "://" not in endpoint:
-            endpoint = f"{query.get('scheme', 'https')}://{endpoint}"
-        self.path, self.bucket, self.key = path.split("?")[0], uri.netloc, uri.path.lstrip("/")
+        self.path = path
+        self.bucket, self.key = path.removeprefix("s3://").split("/", 1)
         # short requests, as raygap's other storage calls (storage.py): a refresh that cannot reach the bucket
         # is tried again at the next heartbeat
         timeouts = Config(connect_timeout=storage.REQUEST_TIMEOUT_S, read_timeout=storage.REQUEST_TIMEOUT_S,
                           retries={"max_attempts": 2})
-        self.client = boto3.client("s3", endpoint_url=endpoint, region_name=query.get("region"), config=timeouts)
+        self.client = boto3.client("s3", config=timeouts)
 
     def _call(self, operation: str, **kwargs) -> dict | None:
         """The S3 call's response; None when its precondition failed or the lease is not there."""

@@ -57,7 +57,7 @@ def defaults_point(cfg) -> dict:
 
 def distribution(d: dict):
     """The Optuna distribution that `suggest` samples a searched key from."""
-    import optuna.distributions as od
+    od = optuna.distributions
 
     if d["type"] == "choice":
         return od.CategoricalDistribution(d["values"])
@@ -67,7 +67,6 @@ def distribution(d: dict):
 
 
 def sampler(cfg):
-    import optuna
 
     t = cfg.tune
     startup = {} if t.get("startup_trials") is None else {"n_startup_trials": t.startup_trials}
@@ -96,7 +95,6 @@ class PicklableNSGAIISampler(optuna.samplers.NSGAIISampler):
 def searcher(cfg, experiment: str, experiment_dir: str, warm: WarmStart | None = None):
     """Tune's searcher: Optuna's, on the experiment's study (raygap.study), at most tune.max_concurrent
     trials at a time; the study is told the warm start's trials first."""
-    import optuna
     from ray.tune.search import ConcurrencyLimiter
 
     objectives = list(cfg.tune.objectives)
@@ -174,7 +172,6 @@ def warm_start(cfg) -> WarmStart:
     A searched key takes the value the earlier trial trained with (from its config, searched there or
     not); a value outside this space's range is left out, and a trial left with no key is not reused.
     """
-    import optuna
 
     source = warm_start_dir(cfg)
     frame = results.read_table(source, "trials")

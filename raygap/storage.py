@@ -55,6 +55,10 @@ def filesystem(path: str):
     return fs, where
 
 
+def _transient(err: OSError) -> bool:
+    return any(mark in str(err) for mark in TRANSIENT)
+
+
 def retried(path: str, operation):
     """`operation()`, retried while the bucket of `path` does not answer (module docstring)."""
     if not is_uri(path):
@@ -66,9 +70,9 @@ def retried(path: str, operation):
         except FileNotFoundError:
             raise
         except OSError as err:
-            reason = " ".join(str(err.strerror or err).split())
-            if not any(mark in reason for mark in TRANSIENT):
+            if not _transient(err):
                 raise
+            reason = " ".join(str(err.strerror or err).split())
             if deadline is None:
                 deadline = time.monotonic() + RETRY_S
                 print(f"raygap: storage {path} does not answer ({reason[:160]}); retrying for up to {RETRY_S:.0f} s",
@@ -104,7 +108,7 @@ def _write_bytes(path: str, data: bytes) -> None:
     except OSError as err:  # pyarrow's errors are OSErrors too
         if os.path.exists(tmp):
             os.remove(tmp)
-        if any(mark in str(err) for mark in TRANSIENT):
+        if _transient(err):
             raise  # for retried() to wait on
         raise StorageError(f"cannot write {path}: {err.strerror or err}; make the storage writable (or choose "
                            "another with storage=...) and run the same command again to resume") from None
