@@ -1,5 +1,6 @@
-"""Test-only faults, switched on by environment variables that the reliability tests set; both hooks
-do nothing unless their variable is set. The loop calls `at_start` once and `each_batch` per batch."""
+"""Test-only faults, switched on by environment variables that the reliability tests set; every hook
+does nothing unless its variable is set. The loop calls `at_start` once and `each_batch` per batch; the
+driver and the trials call `crash` at the points named in CRASH_POINTS."""
 
 from __future__ import annotations
 
@@ -10,6 +11,34 @@ import time
 import torch
 
 from raygap import storage
+
+
+# Where `crash` is called, in the order a search reaches them (tests/test_crash.py kills a search at each)
+CRASH_POINTS = {
+    "before_trials": "the driver, its Tuner built (Tune's tuner.pkl written), before the first trial starts",
+    "tune_save": "the driver, in the middle of Tune's save of its experiment state, before the upload",
+    "mid_epoch": "a trial, in the middle of its second epoch (its first epoch's checkpoint saved)",
+    "trial_ended": "the driver, when a trial has ended, before its row in the trials table is written",
+    "journal_append": "the driver, right after the study was told a trial's result (an append to the journal)",
+    "final_eval": "the driver, when a finalist's examples are written, before its test columns are",
+}
+
+
+def crash(point: str) -> None:
+    """RAYGAP_TEST_CRASH=<point>: the machine loses power there: SIGKILL at once to every process of the
+    search's session (the driver, Ray's processes and the trials, which run in process groups of their
+    own). The test starts the command in a session of its own (never set this in a shell: it is killed too)."""
+    if os.environ.get("RAYGAP_TEST_CRASH") != point:
+        return
+    assert point in CRASH_POINTS, point
+    session, me = os.getsid(0), os.getpid()
+    for pid in [int(name) for name in os.listdir("/proc") if name.isdigit() and int(name) != me]:
+        try:
+            if os.getsid(pid) == session:
+                os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    os.kill(me, signal.SIGKILL)
 
 
 def at_start(job) -> None:
@@ -30,6 +59,8 @@ def at_start(job) -> None:
 
 def each_batch(job, rank: int, world: int, epoch: int, batch: int) -> None:
     """RAYGAP_TEST_KILL=<epoch>:<batch> kills the last rank's process once, mid-epoch."""
+    if epoch == 1 and batch == 1:
+        crash("mid_epoch")
     target = os.environ.get("RAYGAP_TEST_KILL")
     if not target or target != f"{epoch + 1}:{batch}" or rank != world - 1:
         return

@@ -7,6 +7,7 @@
         runs/<trial_id>/             a trial's run folder (below)
         optuna.journal               the Optuna study (study.py)
         driver.lock                  the running driver's lease (lock.py)
+        torn-tune-state/             Tune's files of a state a crash cut short, moved aside (tune_state.py)
         report/                      raygap.report's page and figures
       pretrained/<key>/              the cached natural model: a run folder
       <run name>/                    a raygap.train run: a run folder
@@ -23,6 +24,7 @@ from raygap import storage
 
 JOURNAL = "optuna.journal"
 LOCK = "driver.lock"
+TORN_TUNE_STATE = "torn-tune-state"
 
 
 def experiment(root: str, name: str) -> str:

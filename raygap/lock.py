@@ -51,6 +51,8 @@ class DriverLock:
         holder, version = self.lease.read()
         if holder and _alive(holder):
             raise UserError(self._refusal(holder))
+        if holder is None and storage.exists(self.path):  # written by a driver that crashed in the middle
+            print(f"[lock] the lease {self.path} is not whole (a crash cut it short): taken over", flush=True)
         self.version = self.lease.swap(self._record(), version)
         if self.version is None:  # another driver wrote first: it holds the lease
             raise UserError(self._refusal(self.holder() or self.me))

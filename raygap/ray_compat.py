@@ -38,8 +38,13 @@ def quiet_checkpoint_lines() -> None:
     logging.getLogger(CHECKPOINT_LOGGER).setLevel(logging.WARNING)
 
 
+def optuna_asked(search, trial_id: str):
+    """The optuna.Trial that Ray's OptunaSearch asked for a Tune trial, in its private `_ot_trials`.
+    Fallback: None (the study does not name its Tune trials: searcher.TUNE_TRIAL_ID)."""
+    return getattr(search, "_ot_trials", {}).get(trial_id)
+
+
 def optuna_trial(search, trial_id: str) -> tuple:
     """(study, Optuna trial number) that Ray's OptunaSearch keeps for a Tune trial, in its private
     `_ot_study` and `_ot_trials`. Fallback: (None, None), and every result goes to Optuna as Ray sends it."""
-    trial = getattr(search, "_ot_trials", {}).get(trial_id)
-    return getattr(search, "_ot_study", None), getattr(trial, "number", None)
+    return getattr(search, "_ot_study", None), getattr(optuna_asked(search, trial_id), "number", None)

@@ -9,13 +9,25 @@ from pathlib import Path
 
 from ray.tune import Callback
 
-from raygap import layout, results, storage, study
+from raygap import faults, layout, results, storage, study
 from raygap.config import searched_values, trial_config
 from raygap.errors import StorageError
 from raygap.progress import eta
 from raygap.ray_compat import trial_error_file
 from raygap.runner import worker_error
 from raygap.schema import as_dict
+from raygap.searcher import TUNE_TRIAL_ID
+
+
+LOST = ("lost: the search driver was killed before Tune saved this trial (or its save was cut short), so the resumed "
+        "search could not continue it")
+
+
+def settle_left_running(cfg, experiment: str) -> None:
+    """Settle every row left `running` in an experiment whose Tune state is not restored (Recorder.settle)."""
+    recorder = Recorder(cfg, experiment)
+    recorder.setup()
+    recorder.settle([t for t, row in recorder.rows.items() if row.get("status") == "running"])
 
 
 class Recorder(Callback):
@@ -29,6 +41,7 @@ class Recorder(Callback):
         self.objective = cfg.tune.objectives[0]
         self.num_samples = cfg.tune.num_samples
         self.max_failures = cfg.tune.max_failures
+        self.optuna_storage = cfg.tune.optuna_storage
         self.schema = results.trials_schema(cfg)
         self.rows: dict = {}
         self.started = time.time()
@@ -71,6 +84,7 @@ class Recorder(Callback):
     def get_state(self):
         # Tune asks for this right after it saved the searcher's state, before it uploads both: the
         # study's copy in an object store is then never older than the searcher a resumed driver restores.
+        faults.crash("tune_save")
         study.push(self.experiment_dir)
         return None  # nothing of the Recorder's own to save: it rebuilds from the trials table
 
@@ -83,6 +97,7 @@ class Recorder(Callback):
         self._save(trial.trial_id)
 
     def on_trial_complete(self, trial, **info):
+        faults.crash("trial_ended")
         self.ended_now.add(trial.trial_id)
         row = self._row(trial)
         self._update_metrics(row, self._history(trial.trial_id))
@@ -131,19 +146,46 @@ class Recorder(Callback):
                 self.on_trial_error(trial)
         # A trial started by a driver killed before Tune saved its state is unknown to the resumed search
         known = {trial.trial_id for trial in trials}
-        for trial_id, row in self.rows.items():
-            if row.get("status") == "running" and trial_id not in known:
-                self._update_metrics(row, self._history(trial_id))
-                row.update({"status": "failed", "ended_at": time.time(),
-                            "error": "lost: the search driver was killed before Tune saved this trial, so the "
-                                     "resumed search could not continue it"})
-                self._save(trial_id)
+        self.settle([t for t, row in self.rows.items() if row.get("status") == "running" and t not in known])
+
+    def settle(self, trial_ids: list) -> None:
+        """End the rows of trials left `running` by a killed driver that Tune cannot resume. A trial had ended
+        if the study was told so (Tune tells the searcher before the callbacks, so a kill in between leaves
+        its row behind); without a study (PBT), if its every epoch and exported model were written. The
+        others are lost."""
+        told = self._told_ended() if trial_ids else None
+        for trial_id in trial_ids:
+            row = self.rows[trial_id]
+            history = self._history(trial_id)
+            self._update_metrics(row, history)
+            model_path = layout.model(layout.run(self.experiment_dir, trial_id))
+            trained = len(history) >= self.epochs and storage.exists(model_path)
+            ended = trained if told is None else trial_id in told
+            if ended:
+                row.update({"status": "completed" if trained else "stopped_early", "ended_at": time.time(),
+                            "model_path": model_path if trained else None})
+            else:
+                row.update({"status": "failed", "ended_at": time.time(), "error": LOST})
+            self._save(trial_id)
+
+    def _told_ended(self) -> set | None:
+        """The Tune trials the study holds as ended with a result; None when the search has no study."""
+        import optuna
+
+        if not study.exists(self.optuna_storage, self.experiment_dir):
+            return None
+        optuna_study = optuna.load_study(study_name=self.experiment,
+                                         storage=study.open_storage(self.optuna_storage, self.experiment_dir))
+        ended = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        return {t.user_attrs.get(TUNE_TRIAL_ID) for t in optuna_study.get_trials(deepcopy=False, states=ended)}
 
     def _progress(self, trial_id: str):
         row = self.rows[trial_id]
+        lost = sum(r.get("error") == LOST for r in self.rows.values())  # not counted: others ran in their place
         counts = {s: sum(r.get("status") == s for r in self.rows.values())
                   for s in ("running", "completed", "stopped_early", "failed")}
-        finished = len(self.rows) - counts["running"]
+        counts["failed"] -= lost
+        finished = len(self.rows) - counts["running"] - lost
         scored = [r for r in self.rows.values() if r.get(self.objective.metric) is not None]
         pick = max if self.objective.mode == "max" else min
         best = pick(scored, key=lambda r: r[self.objective.metric]) if scored else None
@@ -153,7 +195,8 @@ class Recorder(Callback):
               f"clean {row.get('kept_clean_acc') or 0:.3f} robust {row.get('kept_robust_acc') or 0:.3f} "
               f"(epoch {row.get('kept_epoch') or 0}) | "
               f"{finished}/{self.num_samples} done ({counts['completed']} completed, {counts['stopped_early']} "
-              f"stopped early, {counts['failed']} failed), {counts['running']} running | best "
+              f"stopped early, {counts['failed']} failed{f', {lost} lost' if lost else ''}), {counts['running']} "
+              "running | best "
               + (f"{self.objective.metric} {best[self.objective.metric]:.3f} ({best['trial_id']})" if best else "-")
               + f" | eta {eta(left)}", flush=True)
 

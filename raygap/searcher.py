@@ -12,7 +12,7 @@ import optuna
 from omegaconf import OmegaConf
 from ray.tune.search.optuna import OptunaSearch
 
-from raygap import layout, ray_compat, results, storage, study
+from raygap import faults, layout, ray_compat, results, storage, study
 from raygap.errors import UserError
 from raygap.schema import as_dict, search_algorithm
 
@@ -66,17 +66,18 @@ def distribution(d: dict):
     return od.FloatDistribution(d["low"], d["high"], log=d["type"] == "loguniform")
 
 
-def sampler(cfg):
-
-    t = cfg.tune
+def sampler(cfg, told: int = 0):
+    """Optuna's sampler of tune.algorithm, seeded with tune.seed; `told`: how many trials the study holds from
+    an earlier Tune run whose state is lost, added to the seed so that the new run does not draw them again."""
+    t, seed = cfg.tune, cfg.tune.seed + told
     startup = {} if t.get("startup_trials") is None else {"n_startup_trials": t.startup_trials}
     joint = {"multivariate": True} if t.get("multivariate") else {}  # Optuna warns that it is experimental
-    return {"tpe": lambda: optuna.samplers.TPESampler(seed=t.seed, **startup, **joint),
-            "gp": lambda: optuna.samplers.GPSampler(seed=t.seed, **startup),
-            "nsga2": lambda: PicklableNSGAIISampler(seed=t.seed),
-            "random": lambda: optuna.samplers.RandomSampler(seed=t.seed),
+    return {"tpe": lambda: optuna.samplers.TPESampler(seed=seed, **startup, **joint),
+            "gp": lambda: optuna.samplers.GPSampler(seed=seed, **startup),
+            "nsga2": lambda: PicklableNSGAIISampler(seed=seed),
+            "random": lambda: optuna.samplers.RandomSampler(seed=seed),
             "grid": lambda: optuna.samplers.GridSampler({k: list(d["values"]) for k, d in t.space.items()},
-                                                        seed=t.seed)}[search_algorithm(cfg)]()
+                                                        seed=seed)}[search_algorithm(cfg)]()
 
 
 class PicklableNSGAIISampler(optuna.samplers.NSGAIISampler):
@@ -92,9 +93,10 @@ class PicklableNSGAIISampler(optuna.samplers.NSGAIISampler):
         self._thread_lock = threading.Lock()
 
 
-def searcher(cfg, experiment: str, experiment_dir: str, warm: WarmStart | None = None):
+def searcher(cfg, experiment: str, experiment_dir: str, warm: WarmStart | None = None, earlier: bool = False):
     """Tune's searcher: Optuna's, on the experiment's study (raygap.study), at most tune.max_concurrent
-    trials at a time; the study is told the warm start's trials first."""
+    trials at a time; the study is told the warm start's trials first, and the defaults point (tune.try_defaults)
+    unless the study was begun by an `earlier` Tune run (whose state is lost: tune_state), which told it."""
     from ray.tune.search import ConcurrencyLimiter
 
     objectives = list(cfg.tune.objectives)
@@ -106,9 +108,11 @@ def searcher(cfg, experiment: str, experiment_dir: str, warm: WarmStart | None =
         warm.tell(optuna.create_study(study_name=experiment, storage=study_storage, load_if_exists=True,
                                       directions=[f"{o.mode}imize" for o in objectives]))
     space = functools.partial(suggest, space=as_dict(cfg.tune.space))
-    first = defaults_point(cfg) if cfg.tune.try_defaults and search_algorithm(cfg) != "grid" else {}
-    search = ResumableOptunaSearch(space=space, metric=metric, mode=mode, sampler=sampler(cfg), study_name=experiment,
-                                   storage=study_storage, points_to_evaluate=[first] if first else None)
+    told = len(optuna.load_study(study_name=experiment, storage=study_storage).trials) if earlier else 0
+    first = defaults_point(cfg) if cfg.tune.try_defaults and search_algorithm(cfg) != "grid" and not earlier else {}
+    search = ResumableOptunaSearch(space=space, metric=metric, mode=mode, sampler=sampler(cfg, told),
+                                   study_name=experiment, storage=study_storage,
+                                   points_to_evaluate=[first] if first else None)
     return ConcurrencyLimiter(search, max_concurrent=cfg.tune.max_concurrent)
 
 
@@ -123,6 +127,9 @@ def first_population(cfg):
     return BasicVariantGenerator(points_to_evaluate=[first] if first else None, random_state=cfg.tune.seed)
 
 
+TUNE_TRIAL_ID = "tune_trial_id"  # an Optuna trial's user attribute: the Tune trial it was asked for
+
+
 class ResumableOptunaSearch(OptunaSearch):
     """Ray's OptunaSearch, for a study that is ahead of the searcher state a resumed search restores.
 
@@ -132,11 +139,24 @@ class ResumableOptunaSearch(OptunaSearch):
     (UpdateFinishedTrialError) ends the search. Results of a trial the study has finished are dropped.
     """
 
+    def suggest(self, trial_id: str):
+        # The study names the Tune trial of each of its trials: a driver whose Tune state is lost finds there
+        # which trials the study was told had ended (recorder.Recorder.settle)
+        suggestion = super().suggest(trial_id)
+        asked = ray_compat.optuna_asked(self, trial_id)
+        if asked is not None and TUNE_TRIAL_ID not in asked.user_attrs:
+            asked.set_user_attr(TUNE_TRIAL_ID, trial_id)
+        return suggestion
+
     def on_trial_result(self, trial_id: str, result: dict):
         optuna_study, number = ray_compat.optuna_trial(self, trial_id)
         if number is not None and optuna_study.get_trials(deepcopy=False)[number].state.is_finished():
             return
         super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        super().on_trial_complete(trial_id, result, error)  # Optuna's tell: an append to the journal
+        faults.crash("journal_append")
 
 
 def warm_start_dir(cfg) -> str:

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from raygap import layout, ray_compat, results, runner, searcher, stopping, storage, study, trackers
+from raygap import (faults, layout, ray_compat, results, runner, searcher, stopping, storage, study, trackers,
+                    tune_state)
 from raygap.analysis import how_to_open, leaderboard, pareto_front
 from raygap.cli import entry_point
 from raygap.config import searched_values, trial_config
@@ -29,7 +30,7 @@ from raygap.errors import StorageError, UserError
 from raygap.lock import DriverLock
 from raygap.loop import Job
 from raygap.methods import from_scratch
-from raygap.recorder import Recorder
+from raygap.recorder import LOST, Recorder, settle_left_running
 from raygap.robustness import evaluate_checkpoint
 from raygap.schema import as_dict, name_digest
 from raygap.searcher import suggest  # noqa: F401  (searches begun before 2026-11-24 pickled raygap.tune.suggest)
@@ -86,8 +87,6 @@ def _trial_name(trial) -> str:
 def run(cfg, search: str = DEFAULT_SEARCH) -> dict:
     """Run (or resume, or summarise) the search of `cfg`; returns the summary. Bad input is refused
     before any Ray process starts."""
-    from ray.tune import Tuner  # importing Ray starts nothing
-
     if not cfg.tune.space:
         raise UserError(f"search space '{search}' has no tune.space; choose a search space with search=<name>")
     experiment = experiment_name(cfg, search)
@@ -100,14 +99,11 @@ def run(cfg, search: str = DEFAULT_SEARCH) -> dict:
     for table in ("trials", "epochs"):
         results.check_readable(experiment_dir, table)
     trackers.check(cfg, experiment)
-    resuming = Tuner.can_restore(experiment_dir)
-    warm = searcher.warm_start(cfg) if cfg.tune.warm_start and not resuming else None
     with DriverLock(experiment_dir):  # refuses a second driver before it touches Tune's state or the study
-        return _search(cfg, search, experiment, experiment_dir, own, resuming, warm)
+        return _search(cfg, search, experiment, experiment_dir, own)
 
 
-def _search(cfg, search: str, experiment: str, experiment_dir: str, own: dict, resuming: bool,
-            warm: searcher.WarmStart | None) -> dict:
+def _search(cfg, search: str, experiment: str, experiment_dir: str, own: dict) -> dict:
     import ray.tune
     from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
 
@@ -115,6 +111,17 @@ def _search(cfg, search: str, experiment: str, experiment_dir: str, own: dict, r
     if not cfg.tune.optuna_storage:  # under the lease: no other driver is appending to the journal now
         study.fetch(experiment_dir)  # a resumed searcher reopens the journal from this machine's copy
         study.repair_journal(study.journal_path(experiment_dir))
+    resuming = Tuner.can_restore(experiment_dir) and tune_state.restorable(experiment_dir)
+    # A study begun by an earlier driver whose Tune state is lost (tune_state) was told the warm start and
+    # the defaults point then; the trials it finished count towards tune.num_samples.
+    earlier = not resuming and not population and study.exists(cfg.tune.optuna_storage, experiment_dir)
+    warm = searcher.warm_start(cfg) if cfg.tune.warm_start and not resuming and not earlier else None
+    if not resuming:  # no trial of the experiment runs now, and Tune will not go on with any
+        settle_left_running(cfg, experiment)
+    remaining = cfg.tune.num_samples - (0 if resuming else _finished(experiment_dir))
+    if remaining < cfg.tune.num_samples:
+        print(f"[search] {cfg.tune.num_samples - remaining} of {cfg.tune.num_samples} trials are done; a new "
+              f"Tune run over the same study runs the other {max(remaining, 0)}", flush=True)
     runner.connect()
     print(f"search '{search}': {cfg.tune.num_samples} trials of {cfg.method.name} on {cfg.data.name} with "
           f"{cfg.model.name}, {cfg.train.epochs} epochs each, in {experiment_dir}", flush=True)
@@ -125,19 +132,19 @@ def _search(cfg, search: str, experiment: str, experiment_dir: str, own: dict, r
     if resuming:
         print(f"resuming the search in {experiment_dir}", flush=True)
         tuner = Tuner.restore(experiment_dir, trainable=trainable, resume_errored=False)
-    else:
+    elif remaining > 0:
         space, search_alg = {}, None
         if population:  # Ray's PBT takes no searcher: Tune samples the first population from the space itself
             space = {key: stopping.tune_distribution(d) for key, d in as_dict(cfg.tune.space).items()}
             search_alg = searcher.first_population(cfg)
         else:
-            search_alg = searcher.searcher(cfg, experiment, experiment_dir, warm)
+            search_alg = searcher.searcher(cfg, experiment, experiment_dir, warm, earlier)
         # Trials that train in their own process reuse it: the next trial skips a process start and the
         # imports (seconds on small CPUs); everything a trial trains with is built afresh in train_loop.
         tuner = Tuner(trainable, param_space={"base": as_dict(cfg), "experiment": experiment, **space},
                       tune_config=TuneConfig(search_alg=search_alg, scheduler=stopping.scheduler(cfg),
                                              reuse_actors=cfg.train.workers == 0,
-                                             num_samples=cfg.tune.num_samples, trial_name_creator=_trial_name,
+                                             num_samples=remaining, trial_name_creator=_trial_name,
                                              trial_dirname_creator=_trial_name),
                       run_config=RunConfig(name=experiment, storage_path=cfg.storage, verbose=0,
                                            # PBT would pause a trial at its last epoch to perturb it: Tune's
@@ -152,8 +159,10 @@ def _search(cfg, search: str, experiment: str, experiment_dir: str, own: dict, r
     if not population:
         print(f"Optuna study '{experiment}': {study.dashboard_command(cfg.tune.optuna_storage, experiment_dir)}",
               flush=True)
+    faults.crash("before_trials")
     try:
-        tuner.fit()
+        if resuming or remaining > 0:
+            tuner.fit()
     except Exception as err:  # Tune wraps what a callback raised: find the storage error, if that was it
         cause = err
         while cause is not None and not isinstance(cause, StorageError):
@@ -171,6 +180,15 @@ def _search(cfg, search: str, experiment: str, experiment_dir: str, own: dict, r
     trackers.log_finalists(cfg, experiment, results.read_table(experiment_dir, "trials"))
     ray.shutdown()  # flushes the workers' last log lines now, before the summary and the last line
     return summary(cfg, experiment_dir)
+
+
+def _finished(experiment_dir: str) -> int:
+    """How many of the experiment's trials ended (completed, stopped early or failed), lost ones aside."""
+    frame = results.read_table(experiment_dir, "trials")
+    if frame.empty:
+        return 0
+    lost = frame.error.fillna("") == LOST if "error" in frame else False
+    return int((frame.status.isin(["completed", "stopped_early", "failed"]) & ~lost).sum())
 
 
 def _close_orphans(cfg, experiment: str, experiment_dir: str) -> None:
@@ -206,6 +224,7 @@ def finalists(cfg, experiment_dir: str) -> None:
         result = final_evaluation(cfg, json.loads(row["config"]), row["model_path"],
                                   layout.final_eval(layout.run(experiment_dir, row["trial_id"])))
         results.write_examples(experiment_dir, row["trial_id"], result, cfg.final_eval.attacks)
+        faults.crash("final_eval")
         row.update({c: result[c[len("test_"):]] for c in columns}, finalist=True)
         results.write(layout.part(experiment_dir, "trials", row["trial_id"]), [row],
                       results.trials_schema(cfg))

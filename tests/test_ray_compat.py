@@ -22,6 +22,7 @@ def test_the_installed_ray_still_has_every_api_raygap_relies_on():
     search.suggest("t1")
     study, number = ray_compat.optuna_trial(search, "t1")  # optuna_trial: the private _ot_study and _ot_trials
     assert (study.trials[0].number, number) == (0, 0), ray.__version__
+    assert ray_compat.optuna_asked(search, "t1").number == 0, ray.__version__  # optuna_asked: _ot_trials
 
 
 def test_without_them_the_fallbacks_answer(monkeypatch):
@@ -29,5 +30,6 @@ def test_without_them_the_fallbacks_answer(monkeypatch):
     assert ray_compat.max_cluster_resources() == {}
     assert ray_compat.trial_error_file(object()) is None
     assert ray_compat.optuna_trial(object(), "t1") == (None, None)
+    assert ray_compat.optuna_asked(object(), "t1") is None
     ray_compat.quiet_checkpoint_lines()
     assert logging.getLogger(ray_compat.CHECKPOINT_LOGGER).level == logging.WARNING
