@@ -44,9 +44,11 @@ class Recorder(Callback):
         self.optuna_storage = cfg.tune.optuna_storage
         self.schema = results.trials_schema(cfg)
         self.rows: dict = {}
-        self.started = time.time()
 
     def setup(self, **info):
+        # Tune calls this at the start of every session, a resumed one too (which unpickles the Recorder
+        # of the first session from tuner.pkl): the ETA's pace is this session's
+        self.started = time.time()
         self.live_now, self.ended_now = set(), set()  # trials live (pending, running) and ended in this session
         previous = results.read_table(self.experiment_dir, "trials")
         for row in previous.to_dict("records"):

@@ -1,6 +1,7 @@
 """Killing a whole run (driver and its local Ray cluster) and running the same command again resumes it."""
 
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -59,3 +60,11 @@ def test_a_resumed_searchs_eta_is_paced_by_the_trials_this_driver_saw_end(tmp_pa
     recorder._progress("now")
     line = capsys.readouterr().out
     assert "6/10 done" in line and line.rstrip().endswith("eta 00:06:40")  # not 100 s / 6 trials x 4 = 00:01:06
+
+
+def test_a_resumed_search_paces_its_eta_from_its_own_start(tmp_path):
+    recorder = Recorder(config.load([f"storage={tmp_path}"]), "resumed")
+    vars(recorder)["started"] = time.time() - 3600  # the first session's start, as tuner.pkl may hold it
+    restored = pickle.loads(pickle.dumps(recorder))  # Tuner.restore unpickles the callbacks from tuner.pkl
+    restored.setup()
+    assert time.time() - restored.started < 60
