@@ -23,11 +23,13 @@ LOST = ("lost: the search driver was killed before Tune saved this trial (or its
         "search could not continue it")
 
 
-def settle_left_running(cfg, experiment: str) -> None:
-    """Settle every row left `running` in an experiment whose Tune state is not restored (Recorder.settle)."""
+def settle_left_running(cfg, experiment: str) -> int:
+    """Settle every row left `running` in an experiment whose Tune state is not restored (Recorder.settle);
+    returns how many of its trials have ended."""
     recorder = Recorder(cfg, experiment)
     recorder.setup()
     recorder.settle([t for t, row in recorder.rows.items() if row.get("status") == "running"])
+    return recorder.counts()["ended"]
 
 
 class Recorder(Callback):
@@ -181,13 +183,19 @@ class Recorder(Callback):
         ended = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         return {t.user_attrs.get(TUNE_TRIAL_ID) for t in optuna_study.get_trials(deepcopy=False, states=ended)}
 
-    def _progress(self, trial_id: str):
-        row = self.rows[trial_id]
-        lost = sum(r.get("error") == LOST for r in self.rows.values())  # not counted: others ran in their place
+    def counts(self) -> dict:
+        """Trials by status, the lost ones apart from the failed (others ran in their place), and how many
+        ended: what counts towards tune.num_samples."""
+        lost = sum(r.get("error") == LOST for r in self.rows.values())
         counts = {s: sum(r.get("status") == s for r in self.rows.values())
                   for s in ("running", "completed", "stopped_early", "failed")}
         counts["failed"] -= lost
-        finished = len(self.rows) - counts["running"] - lost
+        return {**counts, "lost": lost, "ended": len(self.rows) - counts["running"] - lost}
+
+    def _progress(self, trial_id: str):
+        row = self.rows[trial_id]
+        counts = self.counts()
+        lost, finished = counts["lost"], counts["ended"]
         scored = [r for r in self.rows.values() if r.get(self.objective.metric) is not None]
         pick = max if self.objective.mode == "max" else min
         best = pick(scored, key=lambda r: r[self.objective.metric]) if scored else None

@@ -144,7 +144,7 @@ class ResumableOptunaSearch(OptunaSearch):
         # which trials the study was told had ended (recorder.Recorder.settle)
         suggestion = super().suggest(trial_id)
         asked = ray_compat.optuna_asked(self, trial_id)
-        if asked is not None and TUNE_TRIAL_ID not in asked.user_attrs:
+        if asked is not None:
             asked.set_user_attr(TUNE_TRIAL_ID, trial_id)
         return suggestion
 

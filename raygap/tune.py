@@ -30,7 +30,7 @@ from raygap.errors import StorageError, UserError
 from raygap.lock import DriverLock
 from raygap.loop import Job
 from raygap.methods import from_scratch
-from raygap.recorder import LOST, Recorder, settle_left_running
+from raygap.recorder import Recorder, settle_left_running
 from raygap.robustness import evaluate_checkpoint
 from raygap.schema import as_dict, name_digest
 from raygap.searcher import suggest  # noqa: F401  (searches begun before 2026-11-24 pickled raygap.tune.suggest)
@@ -116,9 +116,8 @@ def _search(cfg, search: str, experiment: str, experiment_dir: str, own: dict) -
     # the defaults point then; the trials it finished count towards tune.num_samples.
     earlier = not resuming and not population and study.exists(cfg.tune.optuna_storage, experiment_dir)
     warm = searcher.warm_start(cfg) if cfg.tune.warm_start and not resuming and not earlier else None
-    if not resuming:  # no trial of the experiment runs now, and Tune will not go on with any
-        settle_left_running(cfg, experiment)
-    remaining = cfg.tune.num_samples - (0 if resuming else _finished(experiment_dir))
+    # Without Tune's state no trial of the experiment runs now, nor will Tune go on with any
+    remaining = cfg.tune.num_samples - (0 if resuming else settle_left_running(cfg, experiment))
     if remaining < cfg.tune.num_samples:
         print(f"[search] {cfg.tune.num_samples - remaining} of {cfg.tune.num_samples} trials are done; a new "
               f"Tune run over the same study runs the other {max(remaining, 0)}", flush=True)
@@ -129,6 +128,7 @@ def _search(cfg, search: str, experiment: str, experiment_dir: str, own: dict) -
     if some_fine_tune and not cfg.pretrained:
         cfg.pretrained = runner.natural_model(cfg)["checkpoint"]
     trainable = ray.tune.with_resources(run_trial, own)
+    tuner = None  # none when the trials asked for have all ended: the finalists and the summary remain
     if resuming:
         print(f"resuming the search in {experiment_dir}", flush=True)
         tuner = Tuner.restore(experiment_dir, trainable=trainable, resume_errored=False)
@@ -161,7 +161,7 @@ def _search(cfg, search: str, experiment: str, experiment_dir: str, own: dict) -
               flush=True)
     faults.crash("before_trials")
     try:
-        if resuming or remaining > 0:
+        if tuner is not None:
             tuner.fit()
     except Exception as err:  # Tune wraps what a callback raised: find the storage error, if that was it
         cause = err
@@ -180,15 +180,6 @@ def _search(cfg, search: str, experiment: str, experiment_dir: str, own: dict) -
     trackers.log_finalists(cfg, experiment, results.read_table(experiment_dir, "trials"))
     ray.shutdown()  # flushes the workers' last log lines now, before the summary and the last line
     return summary(cfg, experiment_dir)
-
-
-def _finished(experiment_dir: str) -> int:
-    """How many of the experiment's trials ended (completed, stopped early or failed), lost ones aside."""
-    frame = results.read_table(experiment_dir, "trials")
-    if frame.empty:
-        return 0
-    lost = frame.error.fillna("") == LOST if "error" in frame else False
-    return int((frame.status.isin(["completed", "stopped_early", "failed"]) & ~lost).sum())
 
 
 def _close_orphans(cfg, experiment: str, experiment_dir: str) -> None:

@@ -8,8 +8,9 @@ between tuner.pkl and the first experiment state leaves nothing to restore eithe
 
 When one of those is not whole, every Tune file is moved to `torn-tune-state/` with one line, and the
 search goes on as a new Tune run over the same study and tables for the trials still to run
-(`tune._search`). What only Tune's state held is lost: the trials that were running are recorded as
-lost and others run in their place. The study, the tables and the trials' checkpoints are not touched.
+(`tune._search`). What only Tune's state held is lost: a trial that was running is recorded as lost (one
+the study was told had ended, as ended: recorder.Recorder.settle) and another runs in its place. The
+study, the tables and the trials' checkpoints are not touched.
 """
 
 from __future__ import annotations
@@ -39,6 +40,19 @@ def _whole(data: bytes, kind: str) -> bool:
     return True
 
 
+def _torn(experiment_dir: str, read_back: list) -> str | None:
+    """What keeps Tune from restoring these files, or None when it can."""
+    if not any(fnmatch.fnmatch(name, "experiment_state-*.json") for name, _ in read_back):
+        return f"{storage.join(experiment_dir, TUNER)} has no experiment state beside it (the driver stopped " \
+               "before Tune first saved one)"
+    for name, kind in read_back:
+        path = storage.join(experiment_dir, name)
+        data = storage.read_bytes(path)
+        if not _whole(data, kind):
+            return f"{path} was cut short by a crash ({len(data)} bytes, not whole {kind})"
+    return None
+
+
 def restorable(experiment_dir: str) -> bool:
     """Whether Tune can restore the search in `experiment_dir`; if its state is there but not whole, it is
     moved aside first (module docstring)."""
@@ -50,15 +64,9 @@ def restorable(experiment_dir: str) -> bool:
         newest = max(fnmatch.filter(names, pattern), default=None)
         if newest:
             read_back.append((newest, kind))
-    if not fnmatch.filter(names, "experiment_state-*.json"):
-        torn = f"{storage.join(experiment_dir, TUNER)} has no experiment state beside it (the driver stopped " \
-               "before Tune first saved one)"
-    else:
-        torn = next((f"{storage.join(experiment_dir, name)} was cut short by a crash ({len(data)} bytes, not "
-                     f"whole {kind})" for name, kind in read_back
-                     if not _whole(data := storage.read_bytes(storage.join(experiment_dir, name)), kind)), None)
-        if torn is None:
-            return True
+    torn = _torn(experiment_dir, read_back)
+    if torn is None:
+        return True
     aside = storage.join(experiment_dir, layout.TORN_TUNE_STATE)
     for name in names:
         if name == TUNER or any(fnmatch.fnmatch(name, pattern) for pattern in SESSION_FILES):
