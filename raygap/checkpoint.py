@@ -34,11 +34,7 @@ def load(path: str, map_location="cpu") -> tuple[Classifier, dict]:
     """(model in eval mode, the whole payload); a corrupt or foreign file raises UserError."""
     if not storage.exists(path):
         raise UserError(f"checkpoint {path} does not exist")
-    try:
-        payload = torch.load(io.BytesIO(storage.read_bytes(path)), map_location=map_location, weights_only=True)
-    except Exception as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"cannot read checkpoint {path}: {reason}") from None
+    payload = _read(path, map_location)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"{path} is not a raygap checkpoint (made by raygap.pretrain / raygap.train)")
     arch = payload["arch"]
@@ -51,6 +47,47 @@ def load(path: str, map_location="cpu") -> tuple[Classifier, dict]:
         raise UserError(f"checkpoint {path} does not match its architecture {arch['model']}: "
                         f"{str(err).splitlines()[0]}") from None
     return model.eval(), payload
+
+
+def _read(path: str, map_location="cpu"):
+    try:
+        return torch.load(io.BytesIO(storage.read_bytes(path)), map_location=map_location, weights_only=True)
+    except Exception as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"cannot read checkpoint {path}: {reason}") from None
+
+
+def load_start(path: str, model_name: str, in_shape, num_classes: int, mean, std) -> Classifier:
+    """The model a run starts from (`pretrained=`): a raygap checkpoint, its architecture checked against
+    the run's; or the state dict of a torchvision-layout ImageNet ResNet (torchvision's own weights files,
+    the AFD authors' ImageNet model-100.pth; a "module." prefix of DataParallel is dropped), loaded into
+    the run's model: its `fc` becomes the head, the rest the backbone; normalisation is the data's."""
+    if not storage.exists(path):
+        raise UserError(f"checkpoint {path} does not exist")
+    payload = _read(path)
+    if isinstance(payload, dict) and payload.get("format") == FORMAT:
+        model, payload = load(path)
+        check_compatible(payload["arch"], path, model_name, in_shape, num_classes)
+        return model
+    state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
+    state = {key.removeprefix("module."): value for key, value in state.items()} if isinstance(state, dict) else {}
+    if "fc.weight" not in state or not model_name.endswith("_imagenet"):
+        raise UserError(f"{path} is neither a raygap checkpoint nor the state dict of a torchvision ImageNet "
+                        f"ResNet (for model=resnet18_imagenet or resnet50_imagenet)")
+    model = build_model(model_name, in_shape, num_classes, mean, std)
+    renamed = {f"head.{key[3:]}" if key.startswith("fc.") else f"backbone.{key}": value for key, value in state.items()}
+    if state["fc.weight"].shape != model.head.weight.shape:
+        raise UserError(f"{path} classifies {state['fc.weight'].shape[0]} classes of {state['fc.weight'].shape[1]}"
+                        f"-wide features; model={model_name} on this data has {num_classes} of {model.feature_dim}")
+    try:
+        missing, unexpected = model.load_state_dict(renamed, strict=False)
+    except RuntimeError as err:
+        raise UserError(f"{path} does not fit model={model_name}: {str(err).splitlines()[-1].strip()}") from None
+    missing = [key for key in missing if key not in ("mean", "std")]  # the data's normalisation, not the file's
+    if missing or unexpected:
+        raise UserError(f"{path} does not fit model={model_name}: "
+                        f"{'missing ' + missing[0] if missing else 'unexpected ' + unexpected[0]}")
+    return model.eval()
 
 
 def check_compatible(arch: dict, path: str, model_name: str, in_shape, num_classes: int) -> None:

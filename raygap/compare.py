@@ -24,7 +24,7 @@ from pathlib import Path
 import pyarrow as pa
 from omegaconf import DictConfig, OmegaConf
 
-from raygap import layout, results, runner, storage, tune
+from raygap import layout, results, runner, storage, stream, tune
 from raygap.analysis import arm_summary, paired_interval, points
 from raygap.cli import entry_point
 from raygap.config import method_defaults, validate
@@ -148,6 +148,7 @@ def run(cfg, search: str = DEFAULT_SEARCH) -> dict:
     name = comparison_name(cfg, search)
     folder = layout.experiment(cfg.storage, name)
     storage.check_writable(cfg.storage)
+    stream.check_tree(cfg.data)
     for table in ("arms", "differences", "examples"):
         results.check_readable(folder, table)
     tuned = [arm for arm in arms if arm.tuned]

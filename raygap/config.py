@@ -21,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from raygap import storage
 from raygap.attacks import make_attack
-from raygap.data import DATASETS
+from raygap.data import DATASETS, STREAMABLE
 from raygap.errors import UserError
 from raygap.methods import METHODS, params_of
 from raygap.models import BACKBONES
@@ -142,7 +142,7 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 def validate(cfg: DictConfig) -> None:
     """Range checks that types cannot express; raises UserError with one line naming the key."""
     _require(cfg.data.name != "npz" or bool(cfg.data.path), "data.path", "is required for data=npz: the .npz file")
-    _require(cfg.data.name != "folder" or bool(cfg.data.root), "data.root",
+    _require(cfg.data.name not in STREAMABLE or bool(cfg.data.root), "data.root",
              "is required for an ImageFolder tree: data.root=<dir holding <class>/ or train/<class>/ folders>")
     _require(cfg.data.name in DATASETS, "data.name",
              f"'{cfg.data.name}' is unknown; choose one of: {', '.join(DATASETS)}")
@@ -162,6 +162,20 @@ def validate(cfg: DictConfig) -> None:
              f"recipe={cfg.protocol.recipe}, which trains the paper's model={pinned}: drop model=, or add "
              f"protocol.model={cfg.model.name} to train the recipe on it knowingly")
     _require(cfg.data.crop_padding >= 0, "data.crop_padding", "must be >= 0")
+    stream = str(cfg.data.stream).lower()
+    _require(stream in ("auto", "true", "false"), "data.stream", f"must be auto, true or false, got {stream}")
+    _require(stream != "true" or cfg.data.name in STREAMABLE, "data.stream=true", f"streams a tree of image "
+             f"files; data={cfg.data.name} is read whole: use data=folder or data=imagenet, or data.stream=false")
+    _require(stream != "false" or cfg.data.name != "imagenet", "data.stream=false", "cannot hold ImageNet in "
+             "memory (its transforms crop the stored images): keep data.stream=auto or true")
+    _require(cfg.data.image_size >= 0, "data.image_size", f"must be >= 0 (0: as stored), got {cfg.data.image_size}")
+    _require(cfg.data.decode_cpus > 0, "data.decode_cpus", f"must be > 0, got {cfg.data.decode_cpus}")
+    _require(not (cfg.data.image_size and cfg.data.crop_padding), "data.crop_padding", "pads the stored images, "
+             "and data.image_size crops them as ImageNet is cropped (a random resized crop): set data.crop_padding=0")
+    surely_streamed = cfg.data.name == "imagenet" or stream == "true" or (stream == "auto" and cfg.data.image_size)
+    _require(not surely_streamed or bool(cfg.data.mean), "data.mean",
+             "and data.std are required for a streamed tree (computing them reads every image): give them, "
+             "e.g. ImageNet's data.mean=[0.485,0.456,0.406] data.std=[0.229,0.224,0.225]")
     _require(cfg.data.train_n >= 0, "data.train_n",
              f"must be >= 0 (0: the whole training split), got {cfg.data.train_n}")
     _require(len(cfg.data.mean) == len(cfg.data.std), "data.mean", "and data.std must have the same length")
@@ -195,8 +209,10 @@ def validate(cfg: DictConfig) -> None:
         make_attack(name, eps=cfg.eval.eps, norm=cfg.eval.norm)
     _require(cfg.eval.format != "robustbench" or "autoattack" in cfg.eval.attacks, "eval.format",
              "=robustbench reports the standard AutoAttack: add autoattack to eval.attacks")
-    _require(cfg.eval.format != "robustbench" or cfg.eval.n == 0, "eval.format=robustbench", f"reports the whole "
-             f"test split, and eval.n={cfg.eval.n} evaluates part of it: set eval.n=0")
+    whole = 5000 if cfg.data.name == "imagenet" else 0  # RobustBench's ImageNet figures are on 5,000 val images
+    _require(cfg.eval.format != "robustbench" or cfg.eval.n == whole, "eval.format=robustbench", f"reports "
+             f"{'5,000 validation images' if whole else 'the whole test split'}, and eval.n={cfg.eval.n} evaluates "
+             f"{'another number' if whole else 'part of it'}: set eval.n={whole}")
     _require(not cfg.eval.info.reported or _is_percent(cfg.eval.info.reported), "eval.info.reported",
              f"must be a percentage such as 47.40, got '{cfg.eval.info.reported}'")
     _require(cfg.eval.n >= 0 and cfg.eval.val_n >= 0, "eval.n", "and eval.val_n must be >= 0 (0 = all)")

@@ -25,7 +25,9 @@ import torch.nn.functional as F
 
 from raygap.errors import UserError
 
-DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "tiny_imagenet", "folder", "npz")
+DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "tiny_imagenet", "folder", "npz",
+            "imagenet")
+STREAMABLE = ("folder", "imagenet")  # trees of image files, which data.stream may stream (raygap/stream.py)
 
 
 @dataclass
@@ -39,10 +41,14 @@ class Split:
     def to(self, device) -> "Split":
         return Split(self.x.to(device), self.y.to(device))
 
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.x.shape[1:])
+
 
 @dataclass
 class Dataset:
-    train: Split
+    train: Split  # or stream.Files: a streamed data set's splits are files, decoded as they are read
     val: Split
     test: Split
     num_classes: int
@@ -51,7 +57,7 @@ class Dataset:
 
     @property
     def in_shape(self) -> tuple:
-        return tuple(self.train.x.shape[1:])
+        return self.train.shape
 
 
 def _missing(name: str, where: Path, files: str) -> UserError:
@@ -155,20 +161,25 @@ def _folder(cfg):
 
 
 def _scan(part: Path) -> tuple[list, list]:
-    """(sorted class names, [(image path, class index)]) of one tree; a stray file or an empty class
-    is refused by name, since ImageFolder would skip the one and fail vaguely on the other."""
-    classes = sorted(d.name for d in part.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not classes:
+    """(sorted class names, [(image path, class index)]) of one tree (`classified`'s refusals)."""
+    classes = [d.name for d in part.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    return classified(part, {name: [Path(folder) / file for folder, _, names in os.walk(part / name)  # no stat per file
+                                    for file in names if not file.startswith(".")] for name in classes})
+
+
+def classified(part, found: dict) -> tuple[list, list]:
+    """(sorted class names, [(image path, class index)]) of a tree's {class: [file]}; a stray file or an
+    empty class is refused by name, since ImageFolder would skip the one and fail vaguely on the other."""
+    if not found:
         raise UserError(f"{part} has no class folders; an ImageFolder tree is {part}/<class>/<image>")
-    samples = []
+    classes, samples = sorted(found), []
     for index, name in enumerate(classes):
-        files = sorted(Path(folder) / file for folder, _, names in os.walk(part / name)  # no stat per file
-                       for file in names if not file.startswith("."))
-        stray = [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
+        files = sorted(found[name])
+        stray = [p for p in files if Path(p).suffix.lower() not in IMAGE_SUFFIXES]
         if stray:
             raise UserError(f"{stray[0]} is not an image ({', '.join(IMAGE_SUFFIXES)}); move it out of {part}")
         if not files:
-            raise UserError(f"class folder {part / name} has no images; add its images or remove the folder")
+            raise UserError(f"class folder {part}/{name} has no images; add its images or remove the folder")
         samples += [(p, index) for p in files]
     return classes, samples
 
@@ -380,6 +391,7 @@ LOADERS = {
     "tiny_imagenet": _tiny_imagenet,
     "folder": _folder,
     "npz": _npz,
+    "imagenet": None,  # always streamed: stream.load_dataset
 }
 
 
@@ -389,8 +401,25 @@ def _split(n: int, fraction: float, generator) -> tuple:
     return perm[cut:], perm[:cut]
 
 
+def carve(cfg, n: int, official_test: bool) -> tuple:
+    """(train, validation, test) indices into a data set's n training images, seeded by data.split_seed:
+    the test split carved first where there is no official one (test None otherwise), then the
+    validation split; data.train_n keeps a seeded random subset of what is left for training. The
+    in-memory and the streamed paths both split by it, so they hold the same images."""
+    generator = torch.Generator().manual_seed(cfg.split_seed)
+    everything, test = torch.arange(n), None
+    if not official_test:
+        keep, test = _split(n, cfg.test_fraction, generator)
+        everything = keep
+    keep, held = _split(len(everything), cfg.val_fraction, generator)
+    if cfg.train_n:
+        keep = keep[:cfg.train_n]  # keep is a seeded permutation: its head is a random subset
+    return everything[keep], everything[held], test
+
+
 def load(cfg) -> Dataset:
-    """Load `cfg` (the `data` config node) with its seeded splits, on the CPU."""
+    """Load `cfg` (the `data` config node) with its seeded splits into memory, on the CPU (a streamed tree
+    is `stream.load_dataset`'s)."""
     if cfg.name not in LOADERS:
         raise UserError(f"unknown data set '{cfg.name}'; choose one of: {', '.join(DATASETS)}")
     train, test = LOADERS[cfg.name](cfg)
@@ -398,33 +427,33 @@ def load(cfg) -> Dataset:
     y = torch.from_numpy(np.asarray(train[1], dtype=np.int64))
     if len(x) != len(y):
         raise UserError(f"data set '{cfg.name}' has {len(x)} images but {len(y)} labels")
-    generator = torch.Generator().manual_seed(cfg.split_seed)
+    keep, held, carved = carve(cfg, len(y), official_test=test is not None)
     if test is None:
-        keep, held = _split(len(y), cfg.test_fraction, generator)
-        test_split = Split(x[held], y[held])
-        x, y = x[keep], y[keep]
+        test_split = Split(x[carved], y[carved])
     else:
         test_split = Split(torch.from_numpy(np.ascontiguousarray(test[0])),
                            torch.from_numpy(np.asarray(test[1], dtype=np.int64)))
         if test_split.x.shape[1:] != x.shape[1:]:
             raise UserError(f"data set '{cfg.name}': train images are {tuple(x.shape[1:])}, test images "
                             f"{tuple(test_split.x.shape[1:])}")
-    keep, held = _split(len(y), cfg.val_fraction, generator)
-    if cfg.train_n:
-        keep = keep[:cfg.train_n]  # keep is a seeded permutation: its head is a random subset
     train_split = Split(x[keep], y[keep])
+    num_classes = int(max(y.max(), test_split.y.max())) + 1
+    return assemble(cfg, train_split, Split(x[held], y[held]), test_split, num_classes)
+
+
+def assemble(cfg, train, val, test, num_classes: int) -> "Dataset":
+    """The Dataset of three splits (in memory or streamed), its sizes checked and its normalisation set."""
     # val_fraction 0 (a paper protocol: every training image is trained on): the per-epoch figures are
     # measured on training images, for monitoring; config.validate lets nothing be chosen on them
-    val_split = Split(x[held], y[held]) if len(held) else train_split
-    num_classes = int(max(y.max(), test_split.y.max())) + 1
-    if min(len(train_split), len(val_split), len(test_split)) == 0:
+    val = val if len(val) else train
+    if min(len(train), len(val), len(test)) == 0:
         raise UserError(f"data set '{cfg.name}' is too small for its splits "
-                        f"(train {len(train_split)}, val {len(val_split)}, test {len(test_split)})")
+                        f"(train {len(train)}, val {len(val)}, test {len(test)})")
     mean, std = list(cfg.mean), list(cfg.std)
-    if not mean:
-        floats = train_split.x.float() / 255
+    if not mean:  # a streamed data set is refused without them (config.validate): this reads every image
+        floats = train.x.float() / 255
         mean, std = floats.mean((0, 2, 3)).tolist(), floats.std((0, 2, 3)).clamp_min(1e-3).tolist()
-    return Dataset(train_split, val_split, test_split, num_classes, mean, std)
+    return Dataset(train, val, test, num_classes, mean, std)
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:
@@ -461,6 +490,11 @@ def place(split: Split, device: torch.device, resident: str) -> Split:
     return split.to(device)
 
 
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The order of a split's n images in `epoch`: a permutation of their own for each (seed, epoch)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
 @dataclass
 class Batches:
     """One rank's training batches of `split`: floats in [0, 1] on `device`, augmented.
@@ -484,9 +518,12 @@ class Batches:
         self.epoch_len = len(self.split) - len(self.split) % self.world  # images per epoch, all ranks
         self.steps = math.ceil(self.epoch_len // self.world / self.batch_size)  # batches per epoch and rank
 
+    def shard(self, epoch: int) -> torch.Tensor:
+        """This rank's images of `epoch`, in the order it trains on them (indices into the split)."""
+        return epoch_order(len(self.split), self.seed, epoch)[:self.epoch_len][self.rank::self.world]
+
     def epoch(self, epoch: int):
-        order = torch.randperm(len(self.split), generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
-        shard = order[:self.epoch_len][self.rank::self.world]
+        shard = self.shard(epoch)
         for begin in range(0, len(shard), self.batch_size):
             index = shard[begin:begin + self.batch_size]
             x = to_float(self.split.x[index].to(self.device, non_blocking=True))

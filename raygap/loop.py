@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from raygap import checkpoint as ckpt
-from raygap import data, faults, layout, results, storage
+from raygap import data, faults, layout, results, storage, stream
 from raygap.attacks import autocast, correct_count, make_attack
 from raygap.errors import Diverged
 from raygap.methods import METHODS, params_of
@@ -97,9 +97,8 @@ def afd_lr_factor(progress: float) -> float:
 
 def start_model(job: Job, cfg, dataset: data.Dataset) -> nn.Module:
     if job.start:
-        model, payload = ckpt.load(job.start)
-        ckpt.check_compatible(payload["arch"], job.start, cfg.model.name, dataset.in_shape, dataset.num_classes)
-        return model
+        return ckpt.load_start(job.start, cfg.model.name, dataset.in_shape, dataset.num_classes, dataset.mean,
+                               dataset.std)
     return build_model(cfg.model.name, dataset.in_shape, dataset.num_classes, dataset.mean, dataset.std)
 
 
@@ -227,10 +226,8 @@ def train_loop(job: Job, context) -> list | None:
     t, rank, world, device = cfg[job.stage], context.rank, context.world, context.device
     bf16 = device.type == "cuda" and t.precision in ("auto", "bf16")
     torch.manual_seed(t.seed)
-    dataset = data.load(cfg.data)
-    batches = data.Batches(data.place(dataset.train, device, cfg.data.resident), max(1, t.batch_size // world),
-                           rank, world, t.seed, device, cfg.data.crop_padding, cfg.data.flip,
-                           channels_last=device.type == "cuda" and t.channels_last)
+    dataset = stream.load_dataset(cfg.data)
+    batches = stream.batches(dataset.train, cfg.data, t, rank, world, device)
     val = validation(cfg, dataset, rank, world, device)
     parts = build(job, cfg, dataset, context, steps=batches.steps * t.epochs)
     history, configs, start_epoch, kept_weights, parent = [], [], 0, None, None
@@ -414,8 +411,7 @@ class Validation:
 
 
 def validation(cfg, dataset: data.Dataset, rank: int, world: int, device) -> Validation:
-    n = cfg.eval.val_n or len(dataset.val)
-    val = data.Split(dataset.val.x[:n], dataset.val.y[:n])
+    val = stream.head(dataset.val, cfg.eval.val_n)
     attack = make_attack(cfg.eval.val_attack, eps=cfg.eval.eps, norm=cfg.eval.norm, num_classes=dataset.num_classes,
                          seed=cfg.eval.seed)
     return Validation(data.Split(val.x[rank::world], val.y[rank::world]).to(device), len(val), attack,

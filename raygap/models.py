@@ -132,12 +132,26 @@ class WideResNet(nn.Module):
         return self.net(x)
 
 
+def imagenet_resnet(depth: int, in_shape) -> nn.Module:
+    """torchvision's ImageNet ResNet-18 or -50 (7x7 stem, max-pool) without its classifier: the pooled
+    feature. torchvision's own weights load into it (`checkpoint.from_torchvision`)."""
+    import torchvision
+
+    net = getattr(torchvision.models, f"resnet{depth}")(weights=None)
+    if in_shape[0] != 3:
+        net.conv1 = nn.Conv2d(in_shape[0], 64, 7, 2, 3, bias=False)
+    net.fc = nn.Identity()
+    return net
+
+
 # name -> (backbone builder, feature dimension, smallest input side it accepts)
 BACKBONES = {
     "smallcnn": (lambda shape: SmallCNN(shape), 200, 4),
     "resnet18": (lambda shape: ResNet18(shape), 512, 8),
     "preact_resnet18": (lambda shape: ResNet18(shape, preact=True), 512, 8),
     "wrn34_10": (lambda shape: WideResNet(shape), 640, 8),
+    "resnet18_imagenet": (lambda shape: imagenet_resnet(18, shape), 512, 32),
+    "resnet50_imagenet": (lambda shape: imagenet_resnet(50, shape), 2048, 32),
 }
 
 

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import torch
 
 from raygap import checkpoint as ckpt
-from raygap import data, storage
+from raygap import data, storage, stream
 from raygap.attacks import NORMS, AutoAttackLog, accuracy_key, correct_mask, describe, make_attack
 from raygap.errors import UserError
 from raygap.progress import eta
@@ -100,7 +100,7 @@ def evaluate_checkpoint(cfg) -> dict:
         raise UserError("give the checkpoint to evaluate: checkpoint=PATH")
     path = storage.absolute(cfg.checkpoint)
     model, payload = ckpt.load(path)  # eval mode, fp32
-    dataset = data.load(cfg.data)
+    dataset = stream.load_dataset(cfg.data)
     arch = payload["arch"]
     ckpt.check_compatible(arch, path, arch["model"], dataset.in_shape, dataset.num_classes)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -110,7 +110,7 @@ def evaluate_checkpoint(cfg) -> dict:
     if cfg.eval.n > len(test):
         print(f"eval.n={cfg.eval.n} is more than the {len(test)} test examples of {cfg.data.name}: "
               f"evaluating all {len(test)}", flush=True)
-    subset = data.Split(test.x[:n], test.y[:n])
+    subset = stream.head(test, n)
     attacks = {name: make_attack(name, eps=cfg.eval.eps, norm=cfg.eval.norm, num_classes=dataset.num_classes,
                                  seed=cfg.eval.seed) for name in dict.fromkeys(["clean", *cfg.eval.attacks])}
     method = payload.get("meta", {}).get("method") or payload["config"]["method"]["name"]

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from raygap import checkpoint, layout, storage
+from raygap import checkpoint, layout, storage, stream
 from raygap.errors import UserError
 from raygap.loop import Job, train_loop
 from raygap.ray_compat import max_cluster_resources
@@ -249,6 +249,8 @@ def execute(job: Job, *, callbacks: list | None = None, context=None) -> list:
     """
     t = job.training
     if t.workers == 0:
+        if stream.streamed(OmegaConf.create(job.cfg["data"])):
+            connect()  # Ray Data decodes the images: a no-op inside a Tune trial
         return train_loop(job, context or LocalContext(job.run_dir))
 
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, WorkerGroupError

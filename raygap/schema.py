@@ -59,6 +59,12 @@ class DataConfig:
     flip: bool = False  # random horizontal flip
     eps: float = 8 / 255  # the customary L-inf budget for this data: default of attack.eps and eval.eps
     resident: Resident = Resident.auto  # where the whole data set is held: auto, device or host
+    # a tree of image files (data=folder, data=imagenet) read from memory (false) or streamed through Ray
+    # Data (true); auto streams when the decoded training images would take over a quarter of this
+    # machine's memory, or when image_size asks for resizing (raygap/stream.py)
+    stream: str = "auto"
+    image_size: int = 0  # streamed: the side images are cropped to (train) and resized to (eval); 0: as stored
+    decode_cpus: float = 0.5  # the CPUs one Ray Data decoding task reserves (they run beside the trainers)
 
 
 @dataclass
@@ -249,7 +255,8 @@ def digest(node: Any, length: int = 10) -> str:
 # default, and is left out of the digest while it holds it, so the same command keeps finding (and
 # resuming) an experiment named before the key existed (tests/test_written_before.py pins such names).
 LATER_KEYS = {"protocol": {"recipe": "", "model": ""}, "tune.startup_trials": None, "tune.multivariate": False,
-              "tune.scheduler.perturbation_interval": 2}
+              "tune.scheduler.perturbation_interval": 2, "data.stream": "auto", "data.image_size": 0,
+              "data.decode_cpus": 0.5}
 
 
 def name_digest(cfg: DictConfig) -> str:

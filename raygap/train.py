@@ -9,7 +9,7 @@ at once when it is finished.
 
 from __future__ import annotations
 
-from raygap import checkpoint, layout, runner, storage
+from raygap import checkpoint, layout, runner, storage, stream
 from raygap.cli import entry_point
 from raygap.loop import Job
 from raygap.methods import from_scratch
@@ -23,6 +23,7 @@ def run_name(cfg) -> str:
 
 def run(cfg) -> dict:
     storage.check_writable(cfg.storage)
+    stream.check_tree(cfg.data)
     run_dir = layout.train_run(cfg.storage, run_name(cfg))
     model_path = layout.model(run_dir)
     if storage.exists(model_path):

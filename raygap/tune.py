@@ -21,7 +21,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from raygap import (faults, layout, ray_compat, results, runner, searcher, stopping, storage, study, trackers,
+from raygap import (faults, layout, ray_compat, results, runner, searcher, stopping, storage, stream, study, trackers,
                     tune_state)
 from raygap.analysis import how_to_open, leaderboard, pareto_front
 from raygap.cli import entry_point
@@ -92,10 +92,14 @@ def run(cfg, search: str = DEFAULT_SEARCH) -> dict:
     experiment = experiment_name(cfg, search)
     experiment_dir = layout.experiment(cfg.storage, experiment)
     storage.check_writable(cfg.storage)
+    streamed = stream.check_tree(cfg.data)
     own = trial_process_resources(cfg)
     # A Train run's workers come on top of the trial's process; a trial that trains itself is one process on one node
     total, per_node = runner.resources(cfg.train) if cfg.train.workers else ({}, own)
-    runner.check_resources({k: own.get(k, 0) + total.get(k, 0) for k in own.keys() | total.keys()}, per_node)
+    need = {k: own.get(k, 0) + total.get(k, 0) for k in own.keys() | total.keys()}
+    if streamed:  # Ray Data's decoding tasks run beside the trial, on CPUs it leaves free
+        need["CPU"] = need.get("CPU", 0) + cfg.data.decode_cpus
+    runner.check_resources(need, per_node)
     for table in ("trials", "epochs"):
         results.check_readable(experiment_dir, table)
     trackers.check(cfg, experiment)

@@ -154,3 +154,20 @@ tune:
   space:
     train.lr: {type: choice, values: [0.01, 10000.0]}
 """
+
+
+def imagenet_tree(tmp_path, classes: int = 3, train_per_class: int = 10, val_per_class: int = 3):
+    """The ILSVRC-2012 layout (train/<wnid>/*.JPEG, val/<wnid>/*.JPEG) made of real photographs of mixed
+    sizes: the shipped CIFAR-10 JPEGs resized to sides between 36 and 80 pixels, some not square."""
+    from PIL import Image
+
+    root = tmp_path / "imagenet"
+    sources = sorted(d for d in CIFAR_SAMPLE.joinpath("train").iterdir() if d.is_dir())[:classes]
+    for number, source in enumerate(sources):
+        wnid = f"n{number:08d}"
+        for i, path in enumerate(sorted(source.iterdir())[:train_per_class + val_per_class]):
+            part = "train" if i < train_per_class else "val"
+            (root / part / wnid).mkdir(parents=True, exist_ok=True)
+            size = (36 + (7 * i + 5 * number) % 45, 36 + (11 * i + 3 * number) % 45)
+            Image.open(path).convert("RGB").resize(size).save(root / part / wnid / f"{wnid}_{i}.JPEG", quality=90)
+    return root

@@ -56,3 +56,24 @@ def test_checkpoint_of_another_architecture_is_refused(natural_digits):
         checkpoint.check_compatible(payload["arch"], path, "resnet18", (1, 8, 8), 10)
     with pytest.raises(UserError, match="pass the data= it was trained on"):
         checkpoint.check_compatible(payload["arch"], path, "smallcnn", (3, 32, 32), 10)
+
+
+def test_a_torchvision_resnet_state_dict_starts_a_run_with_the_same_logits(tmp_path):
+    import torchvision
+
+    reference = torchvision.models.resnet18(num_classes=5).eval()
+    path = tmp_path / "resnet18.pth"
+    torch.save({f"module.{k}": v for k, v in reference.state_dict().items()}, path)  # as DataParallel saves
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    model = checkpoint.load_start(str(path), "resnet18_imagenet", (3, 64, 64), 5, mean, std)
+    x = torch.rand(2, 3, 64, 64)
+    normalised = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        assert torch.allclose(model(x), reference(normalised), atol=1e-5)
+    with pytest.raises(UserError, match="classifies 5 classes of 512-wide features; model=resnet18_imagenet on this "
+                                        "data has 10 of 512"):
+        checkpoint.load_start(str(path), "resnet18_imagenet", (3, 64, 64), 10, mean, std)
+    with pytest.raises(UserError, match="does not fit model=resnet50_imagenet|classifies 5 classes of 512"):
+        checkpoint.load_start(str(path), "resnet50_imagenet", (3, 64, 64), 5, mean, std)
+    with pytest.raises(UserError, match="neither a raygap checkpoint nor the state dict"):
+        checkpoint.load_start(str(path), "resnet18", (3, 64, 64), 5, mean, std)

@@ -41,7 +41,7 @@ BAD = [
      "method.update 'triple' is unknown; choose one of: official, official_torch2, split"),
     (["train.schedule=onecycle"],
      "pretrain.schedule 'onecycle' is unknown; choose one of: step, afd, cosine, constant"),
-    (["recipe=madry"], "unknown recipe 'madry'; choose one of: afd_paper, mart_paper, trades_paper"),
+    (["recipe=madry"], "unknown recipe 'madry'; choose one of: afd_imagenet, afd_paper, mart_paper, trades_paper"),
     (["init=imagenet"], "init 'imagenet' is unknown; choose one of: auto, pretrained, scratch"),
 ]
 
