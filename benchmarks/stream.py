@@ -2,6 +2,7 @@
 and from the two the CPU cores that feed one GPU in an ImageNet search.
 
     python benchmarks/stream.py [--root DIR] [--images 2000] [--size 224] [--gpu-mfu 0.257]
+                                [--model resnet18_imagenet]
 
 --root: an image tree (root/<class>/*.JPEG, such as ImageNet's train/); without it a tree of --images
 JPEGs at ImageNet's typical size (500x375, quality 90) is made from the repository's CIFAR-10 sample,
@@ -60,8 +61,8 @@ def private_memory() -> int:
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("RssAnon:"))) * 1024
 
 
-def pipeline(files: stream.Files, cfg, cores: int) -> tuple[float, int]:
-    """(images per second delivered into this process by Ray Data with `cores` decoding, peak private memory)."""
+def pipeline(files: stream.Files) -> tuple[float, int]:
+    """(images per second delivered into this process by Ray Data, every core decoding; peak private memory)."""
     import torch
 
     batches = stream.StreamedBatches(files, 128, 0, 1, 0, torch.device("cpu"), flip=True, decode_cpus=1.0)
@@ -79,25 +80,26 @@ def main():
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--gpu-mfu", type=float, default=0.257)
+    parser.add_argument("--model", default="resnet18_imagenet", choices=["resnet18_imagenet", "resnet50_imagenet"])
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(args.root) if args.root else make_tree(Path(scratch) / "tree", args.images)
         cfg = config.load(["data=folder", f"data.root={root}", "data.stream=true", f"data.image_size={args.size}",
                            "data.mean=[0.485,0.456,0.406]", "data.std=[0.229,0.224,0.225]", "data.val_fraction=0",
-                           "train.keep=last", "model=resnet18_imagenet", "method=afd", "attack.steps=3"])
+                           "train.keep=last", f"model={args.model}", "method=afd", "attack.steps=3"])
         dataset = stream.load_dataset(cfg.data)
         files = dataset.train
         cores = os.cpu_count() or 1
         train_rate, eval_rate = one_core(files, True), one_core(files, False)
         runner.connect()
-        delivered, peak = pipeline(files, cfg, cores)
+        delivered, peak = pipeline(files)
         decoded_mb = len(files) * 3 * args.size ** 2 / 2 ** 20
 
     from raygap.methods import METHODS, params_of
     from raygap.models import build_model, forward_flops
 
-    model = build_model("resnet18_imagenet", (3, args.size, args.size), 1000, [0.5] * 3, [0.5] * 3)
+    model = build_model(args.model, (3, args.size, args.size), 1000, [0.5] * 3, [0.5] * 3)
     passes = METHODS["afd"](model, params_of(cfg.method), None).passes(cfg.attack.steps)
     flops = forward_flops(model, (3, args.size, args.size)) * passes
     consumed = args.gpu_mfu * H100_BF16 / flops
@@ -110,7 +112,7 @@ def main():
           f"({delivered / cores:,.0f} per core) |")
     print(f"| consumer's peak private memory / decoded size of its images | {peak / 2 ** 20:,.0f} MB / "
           f"{decoded_mb:,.0f} MB |")
-    print(f"| AFD PGD-{cfg.attack.steps} step, ResNet-18 at {args.size}: FLOPs per image | "
+    print(f"| AFD PGD-{cfg.attack.steps} step, {args.model} at {args.size}: FLOPs per image | "
           f"{flops / 1e9:,.1f} GFLOP ({passes} forward-equivalents) |")
     print(f"| images/s that step consumes on one H100 at {args.gpu_mfu:.1%} MFU (bf16) | {consumed:,.0f} |")
     print(f"| CPU cores that feed one such GPU (at the pipeline's rate per core) | "

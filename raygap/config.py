@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from raygap import storage
+from raygap.stream import MEAN_REQUIRED
 from raygap.attacks import make_attack
 from raygap.data import DATASETS, STREAMABLE
 from raygap.errors import UserError
@@ -173,9 +174,7 @@ def validate(cfg: DictConfig) -> None:
     _require(not (cfg.data.image_size and cfg.data.crop_padding), "data.crop_padding", "pads the stored images, "
              "and data.image_size crops them as ImageNet is cropped (a random resized crop): set data.crop_padding=0")
     surely_streamed = cfg.data.name == "imagenet" or stream == "true" or (stream == "auto" and cfg.data.image_size)
-    _require(not surely_streamed or bool(cfg.data.mean), "data.mean",
-             "and data.std are required for a streamed tree (computing them reads every image): give them, "
-             "e.g. ImageNet's data.mean=[0.485,0.456,0.406] data.std=[0.229,0.224,0.225]")
+    _require(not surely_streamed or bool(cfg.data.mean), "data.mean", MEAN_REQUIRED)
     _require(cfg.data.train_n >= 0, "data.train_n",
              f"must be >= 0 (0: the whole training split), got {cfg.data.train_n}")
     _require(len(cfg.data.mean) == len(cfg.data.std), "data.mean", "and data.std must have the same length")

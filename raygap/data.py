@@ -146,18 +146,30 @@ def _folder(cfg):
     root = Path(cfg.root)
     if not root.is_dir():
         raise UserError(f"data.root '{root}' is not a folder; point it at an ImageFolder tree (root/<class>/<image>)")
-    if (root / "train").is_dir():
-        parts = [root / "train"] + ([root / "test"] if (root / "test").is_dir() else [])
-    else:
-        parts = [root]
+    parts = tree_parts(root, Path.is_dir, lambda folder, name: folder / name)
     cache_dir = _cache_dir(root)
     out = [_cached_tree(part, cache_dir) for part in parts]
-    if len(out) == 2 and out[0][2] != out[1][2]:
-        raise UserError(f"{parts[0]} and {parts[1]} have different class folders; give both the same classes")
+    same_classes(parts, [classes for _, _, classes in out])
     if len({x.shape[1:] for x, _, _ in out}) > 1:
         raise UserError(f"the images of {parts[0]} and {parts[1]} have different sizes; resize them to one size")
     pairs = [(x, y) for x, y, _ in out]
     return pairs if len(pairs) == 2 else (pairs[0], None)
+
+
+def tree_parts(root, is_dir, join) -> list:
+    """An image tree's parts: root/train (and root/test where there is one) where there is a train/, else
+    root itself. `is_dir` and `join` are a local folder's or a bucket's (stream.py)."""
+    if not is_dir(join(root, "train")):
+        return [root]
+    return [join(root, "train")] + ([join(root, "test")] if is_dir(join(root, "test")) else [])
+
+
+def same_classes(parts: list, classes: list) -> None:
+    """Refuse a tree whose two parts (train and test) have different class folders, naming one."""
+    if len(classes) == 2 and classes[0] != classes[1]:
+        differ = sorted(set(classes[0]) ^ set(classes[1]))
+        raise UserError(f"{parts[1]} and {parts[0]} have different class folders ({differ[0]} is in only one of "
+                        f"them); give both the same classes")
 
 
 def _scan(part: Path) -> tuple[list, list]:

@@ -134,7 +134,7 @@ class WideResNet(nn.Module):
 
 def imagenet_resnet(depth: int, in_shape) -> nn.Module:
     """torchvision's ImageNet ResNet-18 or -50 (7x7 stem, max-pool) without its classifier: the pooled
-    feature. torchvision's own weights load into it (`checkpoint.from_torchvision`)."""
+    feature. torchvision's own weights load into it (`checkpoint.load_start`)."""
     import torchvision
 
     net = getattr(torchvision.models, f"resnet{depth}")(weights=None)

@@ -70,7 +70,8 @@ class Files:
 
 def load_dataset(cfg) -> data.Dataset:
     """The data set of `cfg` (the `data` node): streamed (`load`) or in memory (`data.load`)."""
-    return load(cfg) if streamed(cfg) else data.load(cfg)
+    found = _listed(cfg)
+    return load(cfg, found) if streamed(cfg, found) else data.load(cfg)
 
 
 def batches(split, cfg, t, rank: int, world: int, device: torch.device):
@@ -91,41 +92,44 @@ def head(split, n: int) -> data.Split:
     return data.Split(split.x[:n], split.y[:n]) if isinstance(split, data.Split) else split.decode(n)
 
 
-def streamed(cfg) -> bool:
-    """Whether the data set `cfg` is streamed (see the module's docstring for `auto`)."""
-    if cfg.name not in data.STREAMABLE:
+def _listed(cfg) -> tuple | None:
+    """`listing(cfg)` where the data may stream (a tree with data.stream not false), else None."""
+    return listing(cfg) if cfg.name in data.STREAMABLE and str(cfg.stream).lower() != "false" else None
+
+
+def streamed(cfg, found: tuple | None = None) -> bool:
+    """Whether the data set `cfg` is streamed (the module's docstring says when `auto` does); `found`: the
+    tree's listing where the caller has it (`_listed`), so that it is listed once."""
+    if cfg.name not in data.STREAMABLE or str(cfg.stream).lower() == "false":
         return False
-    mode = str(cfg.stream).lower()
-    if mode != "auto":
-        return mode == "true"
-    if cfg.name == "imagenet" or cfg.image_size:
+    if str(cfg.stream).lower() == "true" or cfg.name == "imagenet" or cfg.image_size:
         return True
-    train, _, _ = listing(cfg)
+    train = (found or listing(cfg))[0]
     first = prepare(read(train[0][0]), 0, None, None, train[0][0])
     return len(train) * first.nbytes > _memory() / 4
 
 
 def check_tree(cfg) -> bool:
-    """Whether `cfg` streams; if it does, its tree is listed now, before any Ray process starts, so that its
-    refusals (a missing part, a stray file, an empty class, classes that differ) are one line and exit 2
-    rather than a failed trial."""
-    if not streamed(cfg):
-        return False
-    listing(cfg)
-    return True
+    """Whether `cfg` streams. A tree that may stream is listed now, before any Ray process starts, so that
+    its refusals (a missing part, a stray file, an empty class, classes that differ) are one line and
+    exit 2 rather than a failed trial."""
+    return streamed(cfg, _listed(cfg))
 
 
 def _memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def load(cfg) -> data.Dataset:
-    """The streamed data set of `cfg`: its splits as Files, carved as the in-memory path carves."""
-    if not cfg.mean:
-        raise UserError(f"data.mean and data.std are required for a streamed tree ({cfg.root}; computing them "
-                        f"reads every image): give them, e.g. ImageNet's data.mean=[0.485,0.456,0.406] "
-                        f"data.std=[0.229,0.224,0.225]")
-    train, test, classes = listing(cfg)
+MEAN_REQUIRED = ("and data.std are required for a streamed tree (computing them reads every image): give "
+                 "them, e.g. ImageNet's data.mean=[0.485,0.456,0.406] data.std=[0.229,0.224,0.225]")
+
+
+def load(cfg, found: tuple) -> data.Dataset:
+    """The streamed data set of `cfg` from its listing `found`: its splits as Files, carved as the
+    in-memory path carves."""
+    if not cfg.mean:  # config.validate refuses it where the config says the data streams; here, auto chose to
+        raise UserError(f"data.mean {MEAN_REQUIRED} ({cfg.root} is large enough to stream)")
+    train, test, classes = found
     shape = (3, cfg.image_size, cfg.image_size) if cfg.image_size else prepare(read(train[0][0]), 0, None, None,
                                                                                 train[0][0]).shape
     files = _files(train, cfg.image_size, shape)
@@ -157,17 +161,10 @@ def listing(cfg) -> tuple[list, list | None, list]:
                 raise UserError(f"{storage.join(root, part)} is missing: ImageNet is read as "
                                 f"{root}/train/<wnid>/*.JPEG and {root}/val/<wnid>/*.JPEG (README: 'ImageNet')")
         parts = [storage.join(root, "train"), storage.join(root, "val")]
-    elif _is_dir(storage.join(root, "train")):
-        parts = [storage.join(root, "train")] + ([storage.join(root, "test")]
-                                                 if _is_dir(storage.join(root, "test")) else [])
     else:
-        parts = [root]
+        parts = data.tree_parts(root, _is_dir, storage.join)
     scanned = [_scan(part) for part in parts]
-    if len(scanned) == 2 and scanned[0][0] != scanned[1][0]:
-        (a, _), (b, _) = scanned
-        differ = sorted(set(a) ^ set(b))
-        raise UserError(f"{parts[1]} and {parts[0]} have different class folders ({differ[0]} is in only one of "
-                        f"them); give both the same classes")
+    data.same_classes(parts, [classes for classes, _ in scanned])
     return scanned[0][1], scanned[1][1] if len(scanned) == 2 else None, scanned[0][0]
 
 
@@ -206,17 +203,22 @@ def _scan(part: str) -> tuple[list, list]:
     return data.classified(part, found)
 
 
+class Damaged(UserError):
+    """An image file that was read but cannot be decoded."""
+
+
 def read(path: str):
-    """The image at `path` (a local file or a URI), opened by PIL; UserError naming it if it cannot be."""
+    """The image at `path` (a local file or a URI), decoded by PIL. A file that cannot be read raises as
+    storage raises (a bucket's transient errors retried first): only a file that was read and does not
+    decode is `Damaged`, which an epoch skips."""
     from PIL import Image
 
+    content = storage.read_bytes(path)
     try:
-        source = io.BytesIO(storage.read_bytes(path)) if storage.is_uri(path) else path
-        image = Image.open(source)
-        image.load()
-        return image.convert("RGB")
+        with Image.open(io.BytesIO(content)) as image:
+            return image.convert("RGB")
     except Exception as err:  # PIL raises OSError, SyntaxError or ValueError on a damaged file
-        raise UserError(f"cannot decode image {path}: {err}; replace or remove it") from None
+        raise Damaged(f"cannot decode image {path}: {err}; replace or remove it") from None
 
 
 def prepare(image, size: int, rng: np.random.Generator | None, shape: tuple | None, path: str,
@@ -256,9 +258,9 @@ def _random_resized_crop(size: tuple, rng: np.random.Generator) -> tuple:
         w, h = round(np.sqrt(target * ratio)), round(np.sqrt(target / ratio))
         if 0 < w <= width and 0 < h <= height:
             return int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1)), w, h
-    ratio = width / height  # the fallback: a centre crop of the whole image, its aspect clamped
-    w, h = (width, round(width / (4 / 3))) if ratio > 4 / 3 else (round(height * 3 / 4), height) \
-        if ratio < 3 / 4 else (width, height)
+    ratio = width / height  # the fallback: a centre crop of the whole image, its aspect clamped to 3/4-4/3
+    w, h = (width, round(width / (3 / 4))) if ratio < 3 / 4 else (round(height * 4 / 3), height) \
+        if ratio > 4 / 3 else (width, height)
     return (width - w) // 2, (height - h) // 2, w, h
 
 
@@ -270,9 +272,7 @@ def decode_block(block: dict, size: int, shape: tuple, seed: int, epoch: int, fl
         rng = np.random.default_rng((seed, epoch, int(index))) if size else None
         try:
             images.append(prepare(read(path), size, rng, shape, path, flip))
-        except UserError as err:
-            if "cannot decode" not in str(err):
-                raise
+        except Damaged as err:
             print(f"[data] skipped: {err}", file=sys.stderr, flush=True)
             images.append(np.zeros(shape, np.uint8))
             labels[row] = -1

@@ -5,6 +5,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import ray
 import torch
@@ -60,6 +61,29 @@ def test_a_damaged_image_met_mid_epoch_is_skipped_by_name_and_counted(cluster, t
     assert len(labels) == batches.epoch_len - 1 and labels.min() >= 0
     out = capfd.readouterr()
     assert f"skipped {damaged}: it cannot be decoded" in out.out and "rank 0 skipped 1 damaged images" in out.out
+
+
+def test_a_file_gone_after_the_listing_stops_the_epoch_rather_than_being_skipped_as_damaged(cluster, tmp_path):
+    root = imagenet_tree(tmp_path)
+    cfg, dataset = streamed(tmp_path, root)
+    gone = Path(dataset.train.paths[0])
+    gone.unlink()  # a disk that went away is not a damaged image: the epoch must not quietly train without it
+    batches = stream.batches(dataset.train, cfg.data, cfg.train, 0, 1, torch.device("cpu"))
+    with pytest.raises(Exception, match=gone.name):
+        list(batches.epoch(0))
+
+
+@pytest.mark.parametrize("size", [(1000, 10), (10, 1000), (2000, 30)])
+def test_the_random_resized_crop_falls_back_as_torchvisions_does(size):
+    """Images so far from square that no draw of 8-100% of the area at an aspect of 3/4-4/3 fits: both take
+    the centre crop of the fallback, which must lie inside the image."""
+    import torchvision.transforms as T
+
+    top, left, height, width = T.RandomResizedCrop.get_params(torch.zeros(3, size[1], size[0]), [0.08, 1.0],
+                                                              [3 / 4, 4 / 3])
+    box = stream._random_resized_crop(size, np.random.default_rng(0))
+    assert box == (left, top, width, height)
+    assert 0 <= box[0] and box[0] + box[2] <= size[0] and 0 <= box[1] and box[1] + box[3] <= size[1]
 
 
 def test_the_in_memory_and_streamed_paths_evaluate_a_checkpoint_alike(cluster, tmp_path):
