@@ -65,7 +65,8 @@ def pipeline(files: stream.Files) -> tuple[float, int]:
     """(images per second delivered into this process by Ray Data, every core decoding; peak private memory)."""
     import torch
 
-    batches = stream.StreamedBatches(files, 128, 0, 1, 0, torch.device("cpu"), flip=True, decode_cpus=1.0)
+    batches = stream.StreamedBatches(files, 128, 0, 1, 0, torch.device("cpu"), flip=True, decode_cpus=1.0,
+                                     decoders=os.cpu_count())
     sum(len(y) for _, y in stream.StreamedBatches(files.subset(torch.arange(256)), 128, 0, 1, 0,
                                                   torch.device("cpu")).epoch(0))  # workers started and warm
     images, peak, started = 0, private_memory(), time.perf_counter()

@@ -148,7 +148,7 @@ def run(cfg, search: str = DEFAULT_SEARCH) -> dict:
     name = comparison_name(cfg, search)
     folder = layout.experiment(cfg.storage, name)
     storage.check_writable(cfg.storage)
-    stream.check_tree(cfg.data)
+    streamed = stream.check_tree(cfg.data)
     for table in ("arms", "differences", "examples"):
         results.check_readable(folder, table)
     tuned = [arm for arm in arms if arm.tuned]
@@ -177,17 +177,18 @@ def run(cfg, search: str = DEFAULT_SEARCH) -> dict:
             if arm.tuned:
                 tune.run(arm.cfg, search)
             else:
-                run_untuned(arm, layout.experiment(folder, arm.name))
+                run_untuned(arm, layout.experiment(folder, arm.name), streamed)
         return tables(cfg, name, folder, arms)
 
 
-def run_untuned(arm: Arm, arm_dir: str) -> None:
-    """Train the arm's method once at its defaults and evaluate it as a finalist (skipping what is done)."""
+def run_untuned(arm: Arm, arm_dir: str, streamed: bool) -> None:
+    """Train the arm's method once at its defaults and evaluate it as a finalist (skipping what is done);
+    `streamed`: whether its data streams (stream.check_tree)."""
     run_dir = layout.run(arm_dir, "untuned")
     model = layout.model(run_dir)
     if not storage.exists(model):
         start = None if from_scratch(arm.cfg) else arm.cfg.pretrained
-        runner.prepare(arm.cfg.train)
+        runner.prepare(arm.cfg.train, streamed=arm.cfg.data if streamed else None)
         runner.execute(Job(as_dict(arm.cfg), arm.method, "train", start, run_dir, label=arm.name,
                            experiment_dir=arm_dir, trial_id="untuned"))
     if not storage.exists(layout.part(arm_dir, "examples", "untuned")):

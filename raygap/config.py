@@ -171,6 +171,7 @@ def validate(cfg: DictConfig) -> None:
              "memory (its transforms crop the stored images): keep data.stream=auto or true")
     _require(cfg.data.image_size >= 0, "data.image_size", f"must be >= 0 (0: as stored), got {cfg.data.image_size}")
     _require(cfg.data.decode_cpus > 0, "data.decode_cpus", f"must be > 0, got {cfg.data.decode_cpus}")
+    _require(cfg.data.decoders >= 1, "data.decoders", f"must be >= 1, got {cfg.data.decoders}")
     _require(not (cfg.data.image_size and cfg.data.crop_padding), "data.crop_padding", "pads the stored images, "
              "and data.image_size crops them as ImageNet is cropped (a random resized crop): set data.crop_padding=0")
     surely_streamed = cfg.data.name == "imagenet" or stream == "true" or (stream == "auto" and cfg.data.image_size)

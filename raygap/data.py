@@ -528,6 +528,7 @@ class Batches:
 
     def __post_init__(self):
         self.epoch_len = len(self.split) - len(self.split) % self.world  # images per epoch, all ranks
+        self.skipped = 0  # this rank's images of the last epoch skipped as damaged (a streamed split's only)
         self.steps = math.ceil(self.epoch_len // self.world / self.batch_size)  # batches per epoch and rank
 
     def shard(self, epoch: int) -> torch.Tensor:

@@ -227,7 +227,7 @@ def train_loop(job: Job, context) -> list | None:
     bf16 = device.type == "cuda" and t.precision in ("auto", "bf16")
     torch.manual_seed(t.seed)
     dataset = stream.load_dataset(cfg.data)
-    batches = stream.batches(dataset.train, cfg.data, t, rank, world, device)
+    batches = stream.batches(dataset.train, cfg.data, t, rank, world, device, context.decode_group)
     val = validation(cfg, dataset, rank, world, device)
     parts = build(job, cfg, dataset, context, steps=batches.steps * t.epochs)
     history, configs, start_epoch, kept_weights, parent = [], [], 0, None, None
@@ -244,7 +244,7 @@ def train_loop(job: Job, context) -> list | None:
     peak = peak_flops(device, bf16) * world
     for epoch in range(start_epoch, t.epochs):
         started = time.perf_counter()
-        losses = train_epoch(job, parts, batches, epoch, rank, world, bf16)
+        losses, skipped = train_epoch(job, parts, batches, epoch, rank, world, bf16)
         train_seconds = time.perf_counter() - started
         refuse_if_diverging(job, t.lr, losses, epoch, rank)
         clean_acc, robust_acc = val.accuracy(parts.evaluated, [None, val.attack], bf16)
@@ -260,7 +260,8 @@ def train_loop(job: Job, context) -> list | None:
             mfu=speed * flops_per_image / peak if peak else None, train_seconds=train_seconds, wall_seconds=wall,
             gpu_seconds=wall * context.gpus * world, cpu_seconds=wall * context.cpus * world,
             finished_at=time.time(), losses=losses, node=context.node,
-            parent_epoch=parent and parent["epoch"], parent_trial=parent and parent["trial"]).as_row())
+            parent_epoch=parent and parent["epoch"], parent_trial=parent and parent["trial"],
+            skipped_images=skipped).as_row())
         configs.append(job.cfg)
         parent = None
         if rank == 0 and t.keep == "best" and kept["epoch"] == epoch + 1:  # a copy: the live weights train on
@@ -274,8 +275,10 @@ def train_loop(job: Job, context) -> list | None:
     return history if rank == 0 else None
 
 
-def train_epoch(job: Job, parts: Parts, batches: data.Batches, epoch: int, rank: int, world: int, bf16: bool) -> dict:
-    """One epoch of steps; returns the mean of each loss part over every worker's images."""
+def train_epoch(job: Job, parts: Parts, batches: data.Batches, epoch: int, rank: int, world: int,
+                bf16: bool) -> tuple[dict, int]:
+    """One epoch of steps; returns the mean of each loss part over every worker's images, and how many
+    images every worker together skipped as damaged."""
     torch.manual_seed(job.training.seed * 1_000_003 + epoch * 101 + rank)  # per (seed, epoch, rank): resumes replay
     sums = {}
     for batch, (x, y) in enumerate(batches.epoch(epoch)):
@@ -287,7 +290,10 @@ def train_epoch(job: Job, parts: Parts, batches: data.Batches, epoch: int, rank:
             parts.ema.update(parts.module)
         for key, value in step_losses.items():
             sums[key] = sums.get(key, 0) + value.detach().float() * len(y)
-    return _mean_over_workers(sums, batches.epoch_len // world, world)
+    sums["skipped"] = torch.tensor(float(batches.skipped), device=batches.device)
+    totals = _sum_over_workers(sums, world)
+    skipped = int(totals.pop("skipped"))
+    return {key: value / (batches.epoch_len - skipped) for key, value in totals.items()}, skipped
 
 
 def kept_row(history: list, keep) -> dict:
@@ -431,15 +437,13 @@ def _print_progress(label: str, history: list, epochs: int):
     sys.stdout.flush()
 
 
-def _mean_over_workers(sums: dict, count: int, world: int) -> dict:
-    """{part: mean over every worker's images} of per-worker sums."""
-    if not sums:
-        return {}
+def _sum_over_workers(sums: dict, world: int) -> dict:
+    """{key: the sum over every worker} of per-worker sums (scalar tensors on one device)."""
     keys = sorted(sums)
     totals = torch.stack([sums[k] for k in keys])
     if world > 1:
         dist.all_reduce(totals)
-    return dict(zip(keys, (totals / (count * world)).tolist()))
+    return dict(zip(keys, totals.tolist()))
 
 
 def peak_flops(device: torch.device, bf16: bool) -> float:

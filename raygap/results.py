@@ -55,6 +55,7 @@ class EpochRow:
     # epoch it took them at; None everywhere else (columns added later: older tables read them as null)
     parent_epoch: int | None = None
     parent_trial: str | None = None
+    skipped_images: int = 0  # damaged images the epoch skipped, all ranks (stream.py; null in older tables)
 
     def as_row(self) -> dict:
         """The flat row: the epochs table's columns, Tune's result, the checkpoint's history entry."""

@@ -96,15 +96,19 @@ def resources(t) -> tuple[dict, dict]:
     return {k: v * max(t.workers, 1) for k, v in per_worker.items()}, per_worker
 
 
-def prepare(*trainings) -> None:
+def prepare(*trainings, streamed=None) -> None:
     """Check the resources of the given TrainConfigs, and connect to Ray if any of them uses Ray Train.
     A run in this process (workers=0) is checked against this machine: asked for a GPU it does not have,
-    it is refused rather than trained on the CPU."""
+    it is refused rather than trained on the CPU. `streamed`: the data config when the data is streamed,
+    whose decoding tasks need CPUs beside the trainers."""
     for t in trainings:
+        total, per_worker = resources(t)
+        if streamed is not None:
+            total["CPU"] += stream.decoding_cpus(streamed, t)
         if t.workers == 0:
-            _refuse(resources(t)[1], local_resources(), "this machine (train.workers=0 trains in this process)")
+            _refuse(total, local_resources(), "this machine (train.workers=0 trains in this process)")
         else:
-            check_resources(*resources(t))
+            check_resources(total, per_worker)
     if any(t.workers > 0 for t in trainings):
         connect()
 
@@ -116,6 +120,7 @@ class LocalContext:
     """One process, checkpoints in `run_dir/state.pt` (latest only)."""
 
     rank, world, cpus, node = 0, 1, 1.0, None
+    decode_group = None  # where a streamed run's decoding tasks go (stream.StreamedBatches): anywhere free
 
     def __init__(self, run_dir: str):
         self.path = layout.state(run_dir)
@@ -141,12 +146,16 @@ class TuneTrialContext(LocalContext):
 
     def __init__(self, run_dir: str, cpus: float, gpus: float):
         import ray
+        from ray.util import get_current_placement_group
 
         super().__init__(run_dir)
         if not gpus:
             self.device = torch.device("cpu")
         self.cpus, self.gpus = cpus, gpus
         self.node = ray.get_runtime_context().get_node_id()
+        group = get_current_placement_group()
+        if group is not None and group.bundle_count > 1:  # a streamed trial's reserved decoding CPUs (tune.py)
+            self.decode_group = group
 
     def report(self, metrics: dict, state: dict):
         import ray.tune
@@ -199,6 +208,8 @@ class PopulationContext(TuneTrialContext):
 
 class RayContext:
     """A worker of a Ray Train run: rank and device from Ray, checkpoints through `ray.train.report`."""
+
+    decode_group = None
 
     def __init__(self, cpus: float, gpus: float):
         import ray
@@ -327,7 +338,7 @@ def natural_model(cfg) -> dict:
     if storage.exists(path):
         print(f"natural pre-trained model found in the cache: {path}", flush=True)
         return {"checkpoint": path, "cached": True}
-    prepare(cfg.pretrain)
+    prepare(cfg.pretrain, streamed=cfg.data if stream.streamed(cfg.data) else None)
     run_dir = path.rsplit("/", 1)[0]
     print(f"natural pre-training of {cfg.model.name} on {cfg.data.name} for {cfg.pretrain.epochs} epochs "
           f"(cached as {run_dir})", flush=True)

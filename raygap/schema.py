@@ -65,6 +65,7 @@ class DataConfig:
     stream: str = "auto"
     image_size: int = 0  # streamed: the side images are cropped to (train) and resized to (eval); 0: as stored
     decode_cpus: float = 0.5  # the CPUs one Ray Data decoding task reserves (they run beside the trainers)
+    decoders: int = 1  # decoding tasks each training process keeps running at once (its CPUs: decode_cpus each)
 
 
 @dataclass
@@ -256,7 +257,7 @@ def digest(node: Any, length: int = 10) -> str:
 # resuming) an experiment named before the key existed (tests/test_written_before.py pins such names).
 LATER_KEYS = {"protocol": {"recipe": "", "model": ""}, "tune.startup_trials": None, "tune.multivariate": False,
               "tune.scheduler.perturbation_interval": 2, "data.stream": "auto", "data.image_size": 0,
-              "data.decode_cpus": 0.5}
+              "data.decode_cpus": 0.5, "data.decoders": 1}
 
 
 def name_digest(cfg: DictConfig) -> str:

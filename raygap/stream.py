@@ -17,12 +17,17 @@ r of `world` takes every world-th image of it, and each image's random crop and 
 This departs from Ray Train's `get_dataset_shard`: its `streaming_split` hands blocks to whichever rank
 asks first, so which images a rank sees depends on timing and a restarted epoch could not replay; here
 each rank streams a dataset of its own fixed shard. Ray Data decodes on CPU tasks beside the trainers
-(`data.decode_cpus` each) and delivers in order (`preserve_order`), a bounded number of blocks ahead.
+(`data.decoders` at once for each training process, `data.decode_cpus` each) and delivers in order
+(`preserve_order`), a bounded number of blocks ahead. A Tune trial that trains in its own process reserves
+its decoding CPUs in its placement group (tune.py), and its tasks run there: otherwise trials that took
+every CPU would leave their decoding none, and wait for ever. A Ray Train worker's tasks go to any free CPU
+of the cluster (Ray Train places its workers in a placement group of its own, with no room to add to).
 
 A damaged image met during an epoch is skipped, not refused: checking every file before training means
 decoding the whole of ImageNet once more. Its row stays in the stream as a placeholder (label -1) that
 the consumer drops, with a line naming the file, so every rank still takes the same number of steps
-(DDP waits for each rank at every step); the epoch's count of skipped images is printed at its end.
+(DDP waits for each rank at every step); the epoch's count of skipped images is printed at its end and
+is the epochs table's `skipped_images`.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import io
 import logging
 import os
 import sys
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,15 +80,23 @@ def load_dataset(cfg) -> data.Dataset:
     return load(cfg, found) if streamed(cfg, found) else data.load(cfg)
 
 
-def batches(split, cfg, t, rank: int, world: int, device: torch.device):
+def batches(split, cfg, t, rank: int, world: int, device: torch.device, decode_group=None):
     """One rank's training batches of `split` under data config `cfg` and training settings `t`: from
-    memory (`data.Batches`) or streamed (`StreamedBatches`, for a split of files)."""
+    memory (`data.Batches`) or streamed (`StreamedBatches`, for a split of files; `decode_group`: the
+    placement group its decoding tasks run in, if any)."""
     settings = dict(batch_size=max(1, t.batch_size // world), rank=rank, world=world, seed=t.seed, device=device,
                     crop_padding=cfg.crop_padding, flip=cfg.flip,
                     channels_last=device.type == "cuda" and t.channels_last)
     if isinstance(split, data.Split):
         return data.Batches(data.place(split, device, cfg.resident), **settings)
-    return StreamedBatches(split, decode_cpus=cfg.decode_cpus, **settings)
+    return StreamedBatches(split, decode_cpus=cfg.decode_cpus, decoders=cfg.decoders, decode_group=decode_group,
+                           **settings)
+
+
+def decoding_cpus(cfg, t) -> float:
+    """The CPUs that the decoding tasks of a streamed run of data config `cfg` and training settings `t`
+    take at once: data.decoders tasks of data.decode_cpus for each training process."""
+    return cfg.decode_cpus * cfg.decoders * max(t.workers, 1)
 
 
 def head(split, n: int) -> data.Split:
@@ -285,29 +299,43 @@ class StreamedBatches(data.Batches):
     in-memory split's: the same epoch lengths, steps and shards."""
 
     decode_cpus: float = 0.5
+    decoders: int = 1
+    decode_group: object = None  # a ray.util.placement_group.PlacementGroup
 
     def dataset(self, epoch: int):
         """The Ray Data dataset of this rank's `epoch`: decoded and augmented in order."""
-        import pyarrow as pa
         import ray.data  # Ray is connected: runner.execute connects for a streamed run in this process
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # the epoch's order is the seeded one
         context.enable_progress_bars = False
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # three lines per epoch and rank otherwise
         shard = self.shard(epoch).numpy()
-        blocks = [pa.table({"path": pa.array(self.split.paths[chunk].tolist(), pa.string()),
-                            "index": pa.array(chunk), "label": pa.array(self.split.y[chunk].numpy())})
-                  for chunk in np.array_split(shard, max(1, -(-len(shard) // BLOCK_ROWS)))]
+        rows = [{"path": path, "index": int(index), "label": int(label)} for path, index, label in
+                zip(self.split.paths[shard], shard, self.split.y[shard].tolist())]
         augmented = self.flip and bool(self.split.size)  # the crop and flip of a resized image: on the CPU
-        return ray.data.from_arrow(blocks).map_batches(
-            decode_block, batch_format="numpy", batch_size=None, num_cpus=self.decode_cpus,
-            fn_kwargs={"size": self.split.size, "shape": self.split.shape, "seed": self.seed, "epoch": epoch,
-                       "flip": augmented})
+        # Ray Data spreads its tasks over the cluster's free CPUs unless told where: in a Tune trial that
+        # reserved CPUs for them (tune.py), they run there, so that concurrent trials cannot take them all.
+        # Ray 2.60 deprecates ray_remote_args, with no named parameter that places tasks yet.
+        placed = {} if self.decode_group is None else {"scheduling_strategy": PlacementGroupSchedulingStrategy(
+            self.decode_group)}
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated")
+            # from_items puts the blocks from this process; from_arrow would ask a free CPU outside the
+            # placement group for a task per block, and wait for ever when the trials hold them all
+            return ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // BLOCK_ROWS))).map_batches(
+                decode_block, batch_format="numpy", batch_size=None, num_cpus=self.decode_cpus,
+                compute=ray.data.TaskPoolStrategy(size=self.decoders), **placed,
+                fn_kwargs={"size": self.split.size, "shape": self.split.shape, "seed": self.seed, "epoch": epoch,
+                           "flip": augmented})
 
     def epoch(self, epoch: int):
-        skipped = 0
-        for batch in self.dataset(epoch).iter_torch_batches(batch_size=self.batch_size, drop_last=False):
+        self.skipped = skipped = 0
+        # on the CPU: inside Ray Train, Ray Data would otherwise collate onto the worker's assigned GPU, even one
+        # that is only a resource; the uint8 batch is moved to self.device below
+        for batch in self.dataset(epoch).iter_torch_batches(batch_size=self.batch_size, drop_last=False,
+                                                            device="cpu"):
             x, y = batch["x"], batch["y"]
             damaged = y < 0
             if damaged.any():
@@ -324,6 +352,7 @@ class StreamedBatches(data.Batches):
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, y.to(self.device, non_blocking=True)
+        self.skipped = skipped
         if skipped:
             sys.stdout.write(f"[data] epoch {epoch + 1}: rank {self.rank} skipped {skipped} damaged images "
                              f"(named above)\n")

@@ -23,14 +23,14 @@ def run_name(cfg) -> str:
 
 def run(cfg) -> dict:
     storage.check_writable(cfg.storage)
-    stream.check_tree(cfg.data)
+    streamed = stream.check_tree(cfg.data)
     run_dir = layout.train_run(cfg.storage, run_name(cfg))
     model_path = layout.model(run_dir)
     if storage.exists(model_path):
         print(f"run {run_dir} is finished already", flush=True)
         history = checkpoint.load(model_path)[1]["meta"]["history"]
         return {"checkpoint": model_path, "metrics": history[-1], "history": history}
-    runner.prepare(cfg.pretrain, cfg.train)
+    runner.prepare(cfg.pretrain, cfg.train, streamed=cfg.data if streamed else None)
     start = None
     if not from_scratch(cfg):
         start = cfg.pretrained or runner.natural_model(cfg)["checkpoint"]

@@ -80,6 +80,18 @@ def trial_process_resources(cfg) -> dict:
     return own
 
 
+def trial_resources(cfg, own: dict, streamed: bool):
+    """What Tune reserves for one trial: its process's `own` resources, and for a streamed trial that trains
+    in its own process a second bundle of its decoding CPUs, where its Ray Data tasks then run
+    (runner.TuneTrialContext). Otherwise concurrent trials could take every CPU and leave their decoding
+    tasks none: each trial would wait for ever on its first batch."""
+    from ray.tune import PlacementGroupFactory
+
+    if not streamed or cfg.train.workers:
+        return own
+    return PlacementGroupFactory([own, {"CPU": stream.decoding_cpus(cfg.data, cfg.train)}])
+
+
 def _trial_name(trial) -> str:
     return trial.trial_id
 
@@ -97,17 +109,17 @@ def run(cfg, search: str = DEFAULT_SEARCH) -> dict:
     # A Train run's workers come on top of the trial's process; a trial that trains itself is one process on one node
     total, per_node = runner.resources(cfg.train) if cfg.train.workers else ({}, own)
     need = {k: own.get(k, 0) + total.get(k, 0) for k in own.keys() | total.keys()}
-    if streamed:  # Ray Data's decoding tasks run beside the trial, on CPUs it leaves free
-        need["CPU"] = need.get("CPU", 0) + cfg.data.decode_cpus
+    if streamed:  # Ray Data's decoding tasks run beside the trial
+        need["CPU"] = need.get("CPU", 0) + stream.decoding_cpus(cfg.data, cfg.train)
     runner.check_resources(need, per_node)
     for table in ("trials", "epochs"):
         results.check_readable(experiment_dir, table)
     trackers.check(cfg, experiment)
     with DriverLock(experiment_dir):  # refuses a second driver before it touches Tune's state or the study
-        return _search(cfg, search, experiment, experiment_dir, own)
+        return _search(cfg, search, experiment, experiment_dir, trial_resources(cfg, own, streamed))
 
 
-def _search(cfg, search: str, experiment: str, experiment_dir: str, own: dict) -> dict:
+def _search(cfg, search: str, experiment: str, experiment_dir: str, resources) -> dict:
     import ray.tune
     from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
 
@@ -131,7 +143,7 @@ def _search(cfg, search: str, experiment: str, experiment_dir: str, own: dict) -
     some_fine_tune = not from_scratch(cfg) or (cfg.init == "auto" and "method" in cfg.tune.space)
     if some_fine_tune and not cfg.pretrained:
         cfg.pretrained = runner.natural_model(cfg)["checkpoint"]
-    trainable = ray.tune.with_resources(run_trial, own)
+    trainable = ray.tune.with_resources(run_trial, resources)
     tuner = None  # none when the trials asked for have all ended: the finalists and the summary remain
     if resuming:
         print(f"resuming the search in {experiment_dir}", flush=True)

@@ -16,7 +16,7 @@ import pytest
 import ray
 import yaml
 
-from helpers import free_ports
+from helpers import free_ports, imagenet_tree
 from raygap import results
 
 pytestmark = pytest.mark.slow  # starts Ray clusters and submits jobs to them
@@ -123,12 +123,8 @@ def test_a_search_submitted_to_a_local_autoscaling_cluster_runs_on_added_gpu_nod
         assert job.returncode == 0 and "Job 'raysubmit_" in job.stdout, job.stdout[-3000:] + job.stderr[-3000:]
         assert "succeeded" in job.stdout
 
-        nodes = json.loads(subprocess.run([ray_cli, "list", "nodes", "--address", address, "--format", "json",
-                                           "--limit", "100"], env=env, capture_output=True, text=True,
-                                          check=True).stdout)
-        head = {n["node_id"] for n in nodes if n["is_head_node"]}
-        added = {n["node_id"] for n in nodes if not n["is_head_node"] and n["resources_total"].get("GPU", 0) >= 1}
-        assert added, nodes  # the autoscaler launched at least one GPU worker node
+        head, added = _nodes(ray_cli, address, env)
+        assert added  # the autoscaler launched at least one GPU worker node
 
         trials = results.read_table(tmp_path / "cluster", "trials")
         epochs = results.read_table(tmp_path / "cluster", "epochs")
@@ -150,8 +146,31 @@ def test_a_search_submitted_to_a_local_autoscaling_cluster_runs_on_added_gpu_nod
         arms = results.read_table(tmp_path / "compared", "arms")
         assert list(arms.arm) == ["vaft (tuned)", "afd (tuned)"] and (arms.examples == 50).all()
         assert not results.read_table(tmp_path / "compared", "differences").empty
+
+        # an image tree streamed to two Ray Train workers on two nodes, decoded on whichever CPUs are free
+        tree = imagenet_tree(tmp_path, train_per_class=8)
+        streamed = subprocess.run(
+            [ray_cli, "job", "submit", "--address", address, "--",
+             sys.executable, "-m", "raygap.train", f"storage={tmp_path}", "name=streamed", "data=imagenet",
+             f"data.root={tree}", "data.image_size=32", "data.decode_cpus=0.25", "model=smallcnn", "init=scratch",
+             "method=natural", "train.epochs=1", "train.batch_size=8", "train.workers=2", "train.gpus_per_worker=1",
+             "train.cpus_per_worker=0.5", "train.backend=gloo", "eval.val_n=10"],
+            env=env, capture_output=True, text=True, timeout=900)
+        assert streamed.returncode == 0 and "succeeded" in streamed.stdout, \
+            streamed.stdout[-3000:] + streamed.stderr[-3000:]
+        epochs = results.read_table(tmp_path / "streamed", "epochs")
+        # a GPU each, on nodes of one GPU: the two workers ran on two nodes (rank 0's is the table's)
+        assert list(epochs.epoch) == [1] and set(epochs.node) <= _nodes(ray_cli, address, env)[1]
     finally:
         _stop_cluster(gcs)
+
+
+def _nodes(ray_cli: str, address: str, env: dict) -> tuple[set, set]:
+    """(the head node, the GPU worker nodes) the cluster has had, by id."""
+    nodes = json.loads(subprocess.run([ray_cli, "list", "nodes", "--address", address, "--format", "json",
+                                       "--limit", "100"], env=env, capture_output=True, text=True, check=True).stdout)
+    return ({n["node_id"] for n in nodes if n["is_head_node"]},
+            {n["node_id"] for n in nodes if not n["is_head_node"] and n["resources_total"].get("GPU", 0) >= 1})
 
 
 def _stop_cluster(gcs_port: int) -> None:

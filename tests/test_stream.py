@@ -3,6 +3,8 @@ real JPEG files of mixed sizes in the ILSVRC-2012 layout."""
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -58,9 +60,14 @@ def test_a_damaged_image_met_mid_epoch_is_skipped_by_name_and_counted(cluster, t
     damaged.write_bytes(damaged.read_bytes()[:200])  # cut short after the listing: met during the epoch
     batches = stream.batches(dataset.train, cfg.data, cfg.train, 0, 1, torch.device("cpu"))
     labels = torch.cat([y for _, y in batches.epoch(0)])
-    assert len(labels) == batches.epoch_len - 1 and labels.min() >= 0
+    assert len(labels) == batches.epoch_len - 1 and labels.min() >= 0 and batches.skipped == 1
     out = capfd.readouterr()
     assert f"skipped {damaged}: it cannot be decoded" in out.out and "rank 0 skipped 1 damaged images" in out.out
+    # a run trains on through it, and its epochs table counts it
+    cfg = load(*STREAMED, f"data.root={root}", "init=scratch", "method=natural", "train.epochs=1",
+               "train.batch_size=8", "name=damaged", storage=tmp_path)
+    train.run(cfg)
+    assert list(results.read_table(str(tmp_path / "damaged"), "epochs").skipped_images) == [1]
 
 
 def test_a_file_gone_after_the_listing_stops_the_epoch_rather_than_being_skipped_as_damaged(cluster, tmp_path):
@@ -173,6 +180,44 @@ def test_a_tree_in_a_bucket_is_listed_and_streamed(cluster, tmp_path):
     batches = stream.batches(dataset.train, cfg.data, cfg.train, 0, 1, torch.device("cpu"))
     local_batches = stream.batches(local.train, cfg.data, cfg.train, 0, 1, torch.device("cpu"))
     assert torch.equal(torch.cat([x for x, _ in batches.epoch(0)]), torch.cat([x for x, _ in local_batches.epoch(0)]))
+    # and trains on it: a Ray Train worker's decoding tasks read the bucket, the run's tables go there too
+    cfg = load(*STREAMED, f"data.root={BUCKET_ROOT}/imagenet", "init=scratch", "method=natural", "train.epochs=1",
+               "train.workers=1", "train.cpus_per_worker=0.5", "train.batch_size=4", "name=bucket",
+               storage=BUCKET_ROOT)
+    trained = train.run(cfg)
+    epochs = results.read_table(storage.join(BUCKET_ROOT, "bucket"), "epochs")
+    assert list(epochs.epoch) == [1] and trained["checkpoint"].startswith("s3://")
+    assert trained["metrics"]["robust_acc"] <= trained["metrics"]["clean_acc"]
+
+
+SEARCH = """
+defaults: [raygap, _self_]
+tune:
+  space:
+    train.lr: {type: choice, values: [0.01, 0.02, 0.05]}
+"""
+
+
+@pytest.mark.slow
+def test_concurrent_streamed_trials_that_fill_the_machine_keep_cpus_for_their_decoding(cluster, tmp_path):
+    """Three trials of 0.6 CPU fit two cores at once and leave 0.2 CPU, less than one decoding task's 0.4:
+    every trial would wait for ever on its first batch. Each trial reserves its decoding CPUs beside it, so
+    two run at once (filling the machine), and the third after them."""
+    root = imagenet_tree(tmp_path, train_per_class=4, val_per_class=1)
+    space = tmp_path / "space.yaml"
+    space.write_text(SEARCH)
+    command = [sys.executable, "-m", "raygap.tune", f"search={space}", *STREAMED, f"data.root={root}",
+               f"storage={tmp_path}", "name=streamed", "init=scratch", "method=natural", "train.epochs=1",
+               "train.batch_size=8", "train.workers=0", "train.cpus_per_worker=0.5", "data.decode_cpus=0.4",
+               "tune.num_samples=3", "tune.max_concurrent=3", "tune.scheduler.name=fifo", "final_eval.top_k=0"]
+    env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address, PYTHONUNBUFFERED="1")
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    trials = results.read_table(tmp_path / "streamed", "trials")
+    assert len(trials) == 3 and set(trials.status) == {"completed"}
+    spans = sorted(zip(trials.started_at, trials.ended_at))
+    at_once = [sum(start <= moment < end for start, end in spans) for moment, _ in spans]
+    assert max(at_once) == 2, spans
 
 
 def bad(tmp_path, *overrides):
