@@ -173,10 +173,20 @@ def same_classes(parts: list, classes: list) -> None:
 
 
 def _scan(part: Path) -> tuple[list, list]:
-    """(sorted class names, [(image path, class index)]) of one tree (`classified`'s refusals)."""
-    classes = [d.name for d in part.iterdir() if d.is_dir() and not d.name.startswith(".")]
-    return classified(part, {name: [Path(folder) / file for folder, _, names in os.walk(part / name)  # no stat per file
-                                    for file in names if not file.startswith(".")] for name in classes})
+    """(sorted class names, [(image path, class index)]) of one tree (`classified`'s refusals; a folder that
+    cannot be read is named, where os.walk alone would pass it by as empty)."""
+
+    def unreadable(err: OSError):
+        raise UserError(f"cannot read {err.filename}: {err.strerror.lower()}; give raygap read access to "
+                        f"{part}") from None
+
+    try:
+        classes = [d.name for d in part.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    except OSError as err:
+        unreadable(err)
+    walked = {name: os.walk(part / name, onerror=unreadable) for name in classes}  # no stat per file
+    return classified(part, {name: [Path(folder) / file for folder, _, names in walk
+                                    for file in names if not file.startswith(".")] for name, walk in walked.items()})
 
 
 def classified(part, found: dict) -> tuple[list, list]:

@@ -195,12 +195,8 @@ def _scan(part: str) -> tuple[list, list]:
     """`data._scan` (sorted classes, samples, with its refusals of stray files and empty classes) of a
     local tree, or of a tree in a bucket, listed in one recursive request."""
     if not storage.is_uri(part):
-        try:
-            classes, samples = data._scan(Path(part))
-            return classes, [(str(path), label) for path, label in samples]
-        except PermissionError as err:
-            raise UserError(f"cannot read {err.filename}: permission denied; give raygap read access to "
-                            f"{part}") from None
+        classes, samples = data._scan(Path(part))
+        return classes, [(str(path), label) for path, label in samples]
     import pyarrow.fs as pafs
 
     fs, inner = storage.filesystem(part)

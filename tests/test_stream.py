@@ -240,6 +240,27 @@ def test_a_bad_tree_is_one_line_naming_what_is_wrong(tmp_path, damage, message):
     assert not list(tmp_path.glob("*/model.pt"))
 
 
+@pytest.mark.parametrize("unreadable, message", [("", "is not a folder that can be read"),
+                                                   ("val/n00000001", "val/n00000001: permission denied")])
+def test_a_tree_that_cannot_be_read_is_one_line_naming_it(tmp_path, unreadable, message):
+    """As a user without read access: as root, with the capabilities that bypass file permissions dropped."""
+    root = imagenet_tree(tmp_path, train_per_class=2, val_per_class=1)
+    (root / unreadable).chmod(0)
+    prefix = []
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("root, and no setpriv to drop the capabilities that bypass file permissions")
+        caps = "-dac_override,-dac_read_search"
+        prefix = ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}"]
+    try:
+        proc = subprocess.run([*prefix, sys.executable, "-m", "raygap.train", "init=scratch", "method=natural",
+                               f"storage={tmp_path}", *STREAMED, f"data.root={root}"],
+                              capture_output=True, text=True, timeout=300)
+    finally:
+        (root / unreadable).chmod(0o755)
+    assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["data=digits", "data.stream=true"], "data.stream=true streams a tree of image files"),
     (["data=imagenet", "data.root=/x", "data.stream=false"], "data.stream=false cannot hold ImageNet in memory"),
