@@ -20,9 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from raygap import storage
-from raygap.stream import MEAN_REQUIRED
 from raygap.attacks import make_attack
-from raygap.data import DATASETS, STREAMABLE
+from raygap.data import DATASETS, MEAN_REQUIRED, STREAMABLE
 from raygap.errors import UserError
 from raygap.methods import METHODS, params_of
 from raygap.models import BACKBONES

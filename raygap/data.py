@@ -28,6 +28,8 @@ from raygap.errors import UserError
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "tiny_imagenet", "folder", "npz",
             "imagenet")
 STREAMABLE = ("folder", "imagenet")  # trees of image files, which data.stream may stream (raygap/stream.py)
+MEAN_REQUIRED = ("and data.std are required for a streamed tree (computing them reads every image): give "
+                 "them, e.g. ImageNet's data.mean=[0.485,0.456,0.406] data.std=[0.229,0.224,0.225]")
 
 
 @dataclass

@@ -134,15 +134,12 @@ def _memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-MEAN_REQUIRED = ("and data.std are required for a streamed tree (computing them reads every image): give "
-                 "them, e.g. ImageNet's data.mean=[0.485,0.456,0.406] data.std=[0.229,0.224,0.225]")
-
 
 def load(cfg, found: tuple) -> data.Dataset:
     """The streamed data set of `cfg` from its listing `found`: its splits as Files, carved as the
     in-memory path carves."""
     if not cfg.mean:  # config.validate refuses it where the config says the data streams; here, auto chose to
-        raise UserError(f"data.mean {MEAN_REQUIRED} ({cfg.root} is large enough to stream)")
+        raise UserError(f"data.mean {data.MEAN_REQUIRED} ({cfg.root} is large enough to stream)")
     train, test, classes = found
     shape = (3, cfg.image_size, cfg.image_size) if cfg.image_size else prepare(read(train[0][0]), 0, None, None,
                                                                                 train[0][0]).shape

@@ -197,7 +197,9 @@ def test_a_recorded_grid_replays_deterministically_and_an_oracle_reaches_its_bes
     recorded = trials.sort_values("started_at")
     suggestions = [json.loads(p) for p in recorded.params]
     total = float(recorded.cpu_seconds.sum())
-    own = replay.replay(grid, replay.STRATEGIES[0], seed=0, budget=total,
+    # the budget a hair under the total: the tables and the replay sum the same epochs' seconds in different
+    # orders, and a last bit of rounding below the total would ask for a fifth trial
+    own = replay.replay(grid, replay.STRATEGIES[0], seed=0, budget=total * (1 - 1e-9),
                         choose=lambda history: suggestions[len(history)])
     final = recorded.robust_acc.tolist()  # each trial's last epoch
     assert [best for _, best, _ in own] == [max(final[:i + 1]) for i in range(4)]
