@@ -100,7 +100,7 @@ def prepare(*trainings, streamed=None) -> None:
     """Check the resources of the given TrainConfigs, and connect to Ray if any of them uses Ray Train.
     A run in this process (workers=0) is checked against this machine: asked for a GPU it does not have,
     it is refused rather than trained on the CPU. `streamed`: the data config when the data is streamed,
-    whose decoding tasks need CPUs beside the trainers."""
+    whose decoding tasks need CPUs beside the trainers, and Ray (Ray Data decodes, even in this process)."""
     for t in trainings:
         total, per_worker = resources(t)
         if streamed is not None:
@@ -109,7 +109,7 @@ def prepare(*trainings, streamed=None) -> None:
             _refuse(total, local_resources(), "this machine (train.workers=0 trains in this process)")
         else:
             check_resources(total, per_worker)
-    if any(t.workers > 0 for t in trainings):
+    if streamed is not None or any(t.workers > 0 for t in trainings):
         connect()
 
 
@@ -259,9 +259,7 @@ def execute(job: Job, *, callbacks: list | None = None, context=None) -> list:
     A Ray Train run is named after `job.run_dir`, so running it again resumes from its last checkpoint.
     """
     t = job.training
-    if t.workers == 0:
-        if stream.streamed(OmegaConf.create(job.cfg["data"])):
-            connect()  # Ray Data decodes the images: a no-op inside a Tune trial
+    if t.workers == 0:  # a streamed run is connected to Ray already (prepare, or a Tune trial)
         return train_loop(job, context or LocalContext(job.run_dir))
 
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, WorkerGroupError

@@ -272,10 +272,13 @@ def _random_resized_crop(size: tuple, rng: np.random.Generator) -> tuple:
 
 
 def decode_block(block: dict, size: int, shape: tuple, seed: int, epoch: int, flip: bool) -> dict:
-    """Ray Data's map over one block of (path, index, label) rows: the decoded, augmented images. A damaged
-    image becomes a zero placeholder with label -1 (see the module's docstring)."""
-    images, labels = [], block["label"].copy()
-    for row, (path, index) in enumerate(zip(block["path"], block["index"])):
+    """Ray Data's map over one block, whose rows hold lists of paths, indices and labels: the decoded,
+    augmented images, a row each. A damaged image becomes a zero placeholder with label -1 (see the
+    module's docstring)."""
+    paths = [path for row in block["path"] for path in row]
+    indices, labels = np.concatenate(block["index"]), np.concatenate(block["label"])
+    images = []
+    for row, (path, index) in enumerate(zip(paths, indices)):
         rng = np.random.default_rng((seed, epoch, int(index))) if size else None
         try:
             images.append(prepare(read(path), size, rng, shape, path, flip))
@@ -283,7 +286,7 @@ def decode_block(block: dict, size: int, shape: tuple, seed: int, epoch: int, fl
             print(f"[data] skipped: {err}", file=sys.stderr, flush=True)
             images.append(np.zeros(shape, np.uint8))
             labels[row] = -1
-    return {"x": np.stack(images), "y": labels, "index": block["index"]}
+    return {"x": np.stack(images), "y": labels, "index": indices}
 
 
 @dataclass
@@ -305,8 +308,11 @@ class StreamedBatches(data.Batches):
         context.enable_progress_bars = False
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # three lines per epoch and rank otherwise
         shard = self.shard(epoch).numpy()
-        rows = [{"path": path, "index": int(index), "label": int(label)} for path, index, label in
-                zip(self.split.paths[shard], shard, self.split.y[shard].tolist())]
+        # a row per block of BLOCK_ROWS images, not per image: from_items builds its blocks row by row in
+        # Python (ImageNet's 160,000 images a rank of 8 took 9 s an epoch as rows of one image each)
+        rows = [{"path": self.split.paths[chunk].tolist(), "index": chunk.tolist(),
+                 "label": self.split.y[chunk].tolist()}
+                for chunk in np.array_split(shard, max(1, -(-len(shard) // BLOCK_ROWS)))]
         augmented = self.flip and bool(self.split.size)  # the crop and flip of a resized image: on the CPU
         # Ray Data spreads its tasks over the cluster's free CPUs unless told where: in a Tune trial that
         # reserved CPUs for them (tune.py), they run there, so that concurrent trials cannot take them all.
@@ -317,7 +323,7 @@ class StreamedBatches(data.Batches):
             warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated")
             # from_items puts the blocks from this process; from_arrow would ask a free CPU outside the
             # placement group for a task per block, and wait for ever when the trials hold them all
-            return ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // BLOCK_ROWS))).map_batches(
+            return ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
                 decode_block, batch_format="numpy", batch_size=None, num_cpus=self.decode_cpus,
                 compute=ray.data.TaskPoolStrategy(size=self.decoders), **placed,
                 fn_kwargs={"size": self.split.size, "shape": self.split.shape, "seed": self.seed, "epoch": epoch,
