@@ -5,6 +5,7 @@ is written, or the collection stops."""
 import os
 
 import pytest
+from filelock import FileLock
 
 os.environ["RAY_AUTH_MODE"] = "disabled"
 
@@ -24,10 +25,15 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture(scope="session")
 def natural_digits(tmp_path_factory):
-    """A naturally trained digits model (the package default settings), shared by the whole session."""
-    storage = tmp_path_factory.mktemp("storage")
-    cfg = load(storage=storage)
-    result = runner.natural_model(cfg)
+    """A naturally trained digits model (the package default settings), shared by the whole session: by
+    every pytest-xdist worker too, which find it in the cache of a storage they share (the first trains it,
+    under a lock). Tests only read that storage."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # each worker's base folder lies in the run's
+    with FileLock(shared / "natural_digits.lock"):
+        cfg = load(storage=shared / "natural_digits")
+        result = runner.natural_model(cfg)
     return cfg, result["checkpoint"]
 
 
