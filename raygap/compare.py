@@ -320,7 +320,7 @@ def print_tables(arms, differences, seeds: list) -> None:
     print(f"\nmost robust (worst case over the attacks, on the test images): {best}: " + "; ".join(margins), flush=True)
 
 
-def _short_keys(override: str) -> str:
+def short_keys(override: str) -> str:
     """methods=, seeds=, untuned= and resamples= are short for compare.*."""
     key = override.split("=", 1)[0]
     return f"compare.{override}" if key in ("methods", "seeds", "untuned", "resamples") else override
@@ -329,7 +329,7 @@ def _short_keys(override: str) -> str:
 def main():
     search, sys.argv[1:] = pop_search(sys.argv[1:], DEFAULT_SEARCH)
     entry_point(lambda cfg: run(cfg, search), last_line=lambda result: result["folder"], doc=__doc__,
-                config_name=search, rewrite=_short_keys)
+                config_name=search, rewrite=short_keys)
 
 
 if __name__ == "__main__":

@@ -98,3 +98,20 @@ def test_the_paper_protocol_runs_end_to_end_on_each_of_its_data_sets(tmp_path, l
     if layout == "cifar10_folder":  # re-running reads the finished runs and evaluations back
         again = benchmark("table1").main(argv)
         assert [r["robust_acc"] for _, r, _ in again] == [r["robust_acc"] for _, r, _ in rows]
+
+
+def test_the_decay_benchmark_trains_both_rules_and_pairs_them_on_the_same_test_images(tmp_path):
+    argv = [f"storage={tmp_path / 'results'}", f"data.root={cifar_tree(tmp_path)}", "seeds=[0]", "pretrain.epochs=1",
+            "train.epochs=1", "data.train_n=16", "attack.steps=1", "eval.val_n=8", "eval.val_attack=fgsm",
+            "final_eval.n=8", "final_eval.attacks=[clean,fgsm]"]
+    out = benchmark("decay").main(argv)
+    arms = out["arms"]
+    assert list(arms.arm) == ["afd, decay 3x (official)", "afd, decay 2x (official_torch2)"]
+    assert (arms.examples == 8).all() and (arms.test_fgsm_acc <= arms.test_clean_acc).all()
+    updates = [checkpoint.load(str(next((tmp_path / "results" / "afd-decay" / name).glob("runs/untuned/model.pt"))))
+               [1]["config"]["method"]["update"] for name in arms.experiment]
+    assert updates == ["official", "official_torch2"]  # each run trained under its own rule
+    (difference,) = out["differences"][out["differences"].measure == "robust"].itertuples()
+    assert difference.low <= difference.difference <= difference.high and difference.examples == 8
+    again = benchmark("decay").main(argv)  # re-running reads both runs and their evaluations back
+    assert list(again["arms"].test_robust_acc) == list(arms.test_robust_acc)

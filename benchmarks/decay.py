@@ -1,0 +1,72 @@
+"""What AFD's weight decay rule costs (issue 29): the decay its official code really applied (3x on every
+parameter but D2's, as SGD in PyTorch < 1.5 added it into the gradient once per optimiser:
+`method.update=official`) against the 2x of a straight port to today's PyTorch (`official_torch2`).
+
+AFD at its defaults, untuned, in the CPU CIFAR-10 setting of the comparison (`defences_cifar10_cpu`: 4
+epochs of PGD-5 fine-tuning on 5,000 training images of the JPEG tree, smallcnn, from the comparison's
+natural model), one run per rule and seed; every run attacked with clean, PGD-20 and the standard
+AutoAttack on the same first 1,000 carved test images. Prints each rule's figures (means over the seeds)
+and the paired difference with a 95% interval (bootstrap over the test images and the seeds), through
+raygap.compare's tables: `arms`, `differences` and `examples` under <storage>/<name>/.
+
+    python benchmarks/decay.py data.root=~/cifar10-jpeg storage=~/raygap-decay [seeds=[0,1]]
+
+Re-running the same command resumes: trained runs and their evaluations are read back. Any override of
+`raygap.compare` applies (the search space's `tune.space` is not used: both arms are untuned).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+from raygap import compare, config, layout, runner, storage, stream  # noqa: E402
+from raygap.errors import UserError  # noqa: E402
+from raygap.lock import DriverLock  # noqa: E402
+
+RULES = {"official": "3x", "official_torch2": "2x"}
+
+
+@dataclass
+class Rule(compare.Arm):
+    """AFD at its defaults under one update rule, at one seed: an untuned arm of the comparison's tables."""
+
+    update: str = "official"
+
+    @property
+    def label(self) -> str:
+        return f"afd, decay {RULES[self.update]} ({self.update})"
+
+    @property
+    def name(self) -> str:
+        return f"afd-{self.update}-seed{self.seed}"
+
+
+def main(argv=None) -> dict:
+    overrides = [compare.short_keys(o) for o in (sys.argv[1:] if argv is None else argv)]
+    try:
+        cfg = config.load(["name=afd-decay", *overrides], "defences_cifar10_cpu")
+        rules = [Rule("afd", False, seed, compare.arm_config(cfg, "afd", seed, {}), update)
+                 for seed in cfg.compare.seeds for update in RULES]
+        for rule in rules:
+            rule.cfg.method.update = rule.update
+        folder = layout.experiment(cfg.storage, cfg.name)
+        storage.check_writable(cfg.storage)
+        streamed = stream.check_tree(cfg.data)
+        with DriverLock(folder):
+            natural = cfg.pretrained or runner.natural_model(cfg)["checkpoint"]
+            for number, rule in enumerate(rules, 1):
+                print(f"\n[decay] run {number} of {len(rules)}: {rule.label}, seed {rule.seed}", flush=True)
+                rule.cfg.pretrained, rule.cfg.storage, rule.cfg.name = natural, folder, rule.name
+                compare.run_untuned(rule, layout.experiment(folder, rule.name), streamed)
+            return compare.tables(cfg, cfg.name, folder, rules)
+    except UserError as err:  # bad input: one line, exit 2
+        print(f"raygap: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    print(main()["folder"])
