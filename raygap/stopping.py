@@ -13,14 +13,19 @@ perturbation_interval epochs of its own, a trial of the bottom quarter takes the
 quarter (exploit) and goes on with that trial's searched values perturbed (explore: x0.8 or x1.2, or
 resampled with probability 0.25), so a trial's learning rate and training epsilon may change during
 training: a schedule found, not written. Asynchronous, so a parent may be ahead of or behind the trial it
-replaces: runner.PopulationContext keeps the trial's own epochs up to the parent's. (Synchronous PBT,
+replaces: runner.PopulationContext keeps the trial's own epochs up to the parent's. Its random draws come
+from a generator seeded with tune.seed (SeededPBT). (Synchronous PBT,
 which waits for the whole population at each perturbation, hung when a killed search was resumed: its
 paused trials were never resumed by the restored scheduler.)
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import random
+
+import numpy as np
 
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining, TrialScheduler
@@ -82,13 +87,40 @@ def tune_distribution(d: dict):
     return (tune.loguniform if d["type"] == "loguniform" else tune.uniform)(d["low"], d["high"])
 
 
+class SeededPBT(PopulationBasedTraining):
+    """Ray's PBT draws the donor it clones and the values it explores from Python's and NumPy's global
+    generators, which nothing seeds: the same command explored differently each run. This one draws them
+    from its own, seeded with tune.seed, so that a search replays its exploits and explores as long as its
+    trials report in the same order (asynchronous PBT follows the order results arrive in), and leaves the
+    global generators as they were."""
+
+    def __init__(self, seed: int, **kwargs):
+        super().__init__(**kwargs)
+        self._draws = random.Random(seed).getstate(), np.random.RandomState(seed).get_state()
+
+    @contextlib.contextmanager
+    def own_draws(self):
+        outside = random.getstate(), np.random.get_state()
+        random.setstate(self._draws[0])
+        np.random.set_state(self._draws[1])
+        try:
+            yield
+        finally:
+            self._draws = random.getstate(), np.random.get_state()
+            random.setstate(outside[0])
+            np.random.set_state(outside[1])
+
+    def on_trial_result(self, tune_controller, trial, result):
+        with self.own_draws():  # where PBT exploits and explores
+            return super().on_trial_result(tune_controller, trial, result)
+
+
 def population_based_training(cfg) -> PopulationBasedTraining:
     o = cfg.tune.objectives[0]
     mutations = {key: list(d["values"]) if d["type"] == "choice" else tune_distribution(d)
                  for key, d in cfg.tune.space.items()}
-    return PopulationBasedTraining(time_attr="training_iteration", metric=o.metric, mode=str(o.mode),
-                                   perturbation_interval=cfg.tune.scheduler.perturbation_interval,
-                                   hyperparam_mutations=mutations)
+    return SeededPBT(cfg.tune.seed, time_attr="training_iteration", metric=o.metric, mode=str(o.mode),
+                     perturbation_interval=cfg.tune.scheduler.perturbation_interval, hyperparam_mutations=mutations)
 
 
 def scheduler(cfg) -> TrialScheduler:

@@ -3,15 +3,17 @@ its parent's state, the epochs table keeps one row per trial and epoch with the 
 finishes when run again, and bad PBT settings are one line before Ray starts."""
 
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from helpers import run_main
-from raygap import results
+from raygap import config, results, stopping
 
 
 def pbt_command(storage, path, *args):
@@ -99,3 +101,23 @@ def test_bad_pbt_settings_are_one_line_before_ray_starts(tmp_path, args, message
     proc = run_main("tune", f"storage={tmp_path / 'results'}", *args)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert message in proc.stderr and not (tmp_path / "results").exists()
+
+
+def test_pbt_explores_from_its_own_generator_seeded_with_tune_seed():
+    from ray.tune.schedulers.pbt import _explore
+
+    def explores(seed):  # what a population's explores would draw, as PBT draws them in on_trial_result
+        pbt = stopping.scheduler(config.load([f"tune.seed={seed}"], "afd_pbt"))
+        parent = {"train.lr": 0.01, "attack.eps": 0.1, "method.align_weight": 10.0}
+        with pbt.own_draws():
+            return [_explore(parent, pbt._hyperparam_mutations, pbt._resample_probability, pbt._perturbation_factors,
+                             None)[0] for _ in range(10)]
+
+    random.seed(1)
+    before = random.getstate(), np.random.get_state()[1].tolist()
+    first = explores(0)
+    assert (random.getstate(), np.random.get_state()[1].tolist()) == before  # the global generators untouched
+    random.seed(2)
+    np.random.seed(2)
+    assert explores(0) == first and explores(1) != first  # the same seed explores alike, whatever else drew
+    assert len({tuple(c.values()) for c in first}) > 1
