@@ -23,10 +23,10 @@ from dataclasses import dataclass
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-from raygap import compare, config, layout, runner, storage, stream  # noqa: E402
+from raygap import compare, config  # noqa: E402
 from raygap.errors import UserError  # noqa: E402
-from raygap.lock import DriverLock  # noqa: E402
 
+SEARCH = "defences_cifar10_cpu"  # its data, model, budget and final evaluation; no search runs
 RULES = {"official": "3x", "official_torch2": "2x"}
 
 
@@ -48,21 +48,12 @@ class Rule(compare.Arm):
 def main(argv=None) -> dict:
     overrides = [compare.short_keys(o) for o in (sys.argv[1:] if argv is None else argv)]
     try:
-        cfg = config.load(["name=afd-decay", *overrides], "defences_cifar10_cpu")
+        cfg = config.load(["name=afd-decay", *overrides], SEARCH)
         rules = [Rule("afd", False, seed, compare.arm_config(cfg, "afd", seed, {}), update)
                  for seed in cfg.compare.seeds for update in RULES]
         for rule in rules:
             rule.cfg.method.update = rule.update
-        folder = layout.experiment(cfg.storage, cfg.name)
-        storage.check_writable(cfg.storage)
-        streamed = stream.check_tree(cfg.data)
-        with DriverLock(folder):
-            natural = cfg.pretrained or runner.natural_model(cfg)["checkpoint"]
-            for number, rule in enumerate(rules, 1):
-                print(f"\n[decay] run {number} of {len(rules)}: {rule.label}, seed {rule.seed}", flush=True)
-                rule.cfg.pretrained, rule.cfg.storage, rule.cfg.name = natural, folder, rule.name
-                compare.run_untuned(rule, layout.experiment(folder, rule.name), streamed)
-            return compare.tables(cfg, cfg.name, folder, rules)
+        return compare.run_arms(cfg, cfg.name, rules, SEARCH)
     except UserError as err:  # bad input: one line, exit 2
         print(f"raygap: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

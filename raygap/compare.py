@@ -146,11 +146,6 @@ def run(cfg, search: str = DEFAULT_SEARCH) -> dict:
     """Run (or resume) the comparison; returns its tables as pandas DataFrames and where they are."""
     arms = plan(cfg, search)
     name = comparison_name(cfg, search)
-    folder = layout.experiment(cfg.storage, name)
-    storage.check_writable(cfg.storage)
-    streamed = stream.check_tree(cfg.data)
-    for table in ("arms", "differences", "examples"):
-        results.check_readable(folder, table)
     tuned = [arm for arm in arms if arm.tuned]
     t = cfg.tune
     print(f"comparison '{name}': {', '.join(dict.fromkeys(a.method for a in tuned))} each searched with "
@@ -158,7 +153,18 @@ def run(cfg, search: str = DEFAULT_SEARCH) -> dict:
           f"for each of seeds {list(cfg.compare.seeds)}" + (f", and {', '.join(cfg.compare.untuned)} untuned" if
                                                  cfg.compare.untuned else "") +
           f"; every finalist attacked with {', '.join(cfg.final_eval.attacks)} on the same "
-          f"{cfg.final_eval.n or 'all'} test images; in {folder}", flush=True)
+          f"{cfg.final_eval.n or 'all'} test images; in {layout.experiment(cfg.storage, name)}", flush=True)
+    return run_arms(cfg, name, arms, search)
+
+
+def run_arms(cfg, name: str, arms: list[Arm], search: str) -> dict:
+    """Run (or resume) `arms` (each with its validated config; an Arm subclass may name its arms otherwise,
+    as benchmarks/decay.py does) under `${storage}/${name}/`, then write and print their tables."""
+    folder = layout.experiment(cfg.storage, name)
+    storage.check_writable(cfg.storage)
+    streamed = stream.check_tree(cfg.data)
+    for table in ("arms", "differences", "examples"):
+        results.check_readable(folder, table)
     with DriverLock(folder):
         # An evaluated arm is not entered again: its tables are all the comparison reads, so a comparison
         # resumes from them alone (kept apart from the checkpoints, they survive a lost machine)

@@ -115,3 +115,17 @@ def test_the_decay_benchmark_trains_both_rules_and_pairs_them_on_the_same_test_i
     assert difference.low <= difference.difference <= difference.high and difference.examples == 8
     again = benchmark("decay").main(argv)  # re-running reads both runs and their evaluations back
     assert list(again["arms"].test_robust_acc) == list(arms.test_robust_acc)
+
+
+def test_the_pbt_benchmark_runs_both_searches_at_the_same_compute_on_the_same_test_images(tmp_path):
+    argv = [f"storage={tmp_path / 'results'}", f"data.root={cifar_tree(tmp_path)}", "seeds=[0]", "tune.num_samples=4",
+            "pretrain.epochs=1", "train.epochs=2", "data.train_n=16", "attack.steps=1", "eval.val_n=8",
+            "eval.val_attack=fgsm", "final_eval.n=8", "final_eval.attacks=[clean,fgsm]"]
+    out = benchmark("pbt").main(argv)
+    arms, folder = out["arms"], tmp_path / "results" / "afd-pbt"
+    assert list(arms.arm) == ["afd, PBT schedule", "afd, best fixed schedule"]
+    assert list(arms.trials) == [4, 4] and list(arms.epochs) == [8, 8]  # the same compute: none stopped early
+    assert (arms.examples == 8).all() and (arms.test_fgsm_acc <= arms.test_clean_acc).all()
+    # the fixed side is an Optuna search; PBT runs without a searcher
+    assert (folder / "afd-fixed-seed0" / "optuna.journal").exists()
+    assert not (folder / "afd-pbt-seed0" / "optuna.journal").exists()
