@@ -2,6 +2,7 @@
 
     python -m raygap.tune search=benchmarks/grids/afd_digits.yaml          # once: every configuration, to the end
     python benchmarks/search_replay.py raygap_results/afd_digits_grid [--replays 20] [--budget-trials 8]
+    python benchmarks/search_replay.py <grid> --cheap <the same grid at a cheaper fidelity>   # + multi-fidelity
 
 (A configuration whose trial failed for want of infrastructure can be run again as its own experiment
 and its folder named after the grid's: benchmarks/grids/afd_cifar10_cpu_grid_fill.yaml.)
@@ -100,6 +101,7 @@ class Strategy:
     stopper: str  # none, asha (on robust accuracy), pareto (on robust and clean)
     sized: bool = False  # tune.startup_trials sized to the budget (startup_for), else Optuna's 10
     multivariate: bool = False  # tune.multivariate (TPE)
+    cheap_first: bool = False  # multi-fidelity: each configuration trains at the cheap grid's fidelity first
 
 
 def startup_for(budget_trials: float) -> int:
@@ -116,13 +118,23 @@ STRATEGIES = [Strategy("random", "random", "none"), Strategy("TPE", "tpe", "none
               Strategy("TPE, start-up sized + ASHA", "tpe", "asha", sized=True),
               Strategy("GP, start-up sized", "gp", "none", sized=True),
               Strategy("GP, start-up sized + ASHA", "gp", "asha", sized=True)]
+# Multi-fidelity with a cheaper attack as the low fidelity (Mendes, Romano and Garlan, arXiv 2304.02497):
+# replayed only when a grid of the same configurations at that fidelity is given (--cheap)
+CHEAP_FIRST = [Strategy("random, cheap attack first", "random", "none", cheap_first=True),
+               Strategy("TPE, start-up sized, cheap attack first", "tpe", "none", sized=True, cheap_first=True)]
 
 
 def replay(grid: Grid, strategy: Strategy, seed: int, budget: float, grace_period: int = 2,
-           reduction_factor: int = 2, choose=None, startup: int | None = None) -> list:
+           reduction_factor: int = 2, choose=None, startup: int | None = None, cheap: Grid | None = None) -> list:
     """One search until `budget` seconds are spent; returns [(seconds spent, best final robust, front)]
     after each trial. `choose(history)`, if given, picks the configuration instead of Optuna; `startup`
-    is the start-up of a strategy sized to the budget."""
+    is the start-up of a strategy sized to the budget.
+
+    A strategy with `cheap_first` trains each configuration at the fidelity of `cheap` (the same
+    configurations recorded with a cheaper training attack, say) and pays its whole curve; the
+    configuration trains at the full fidelity, from the start, only when its cheap final robust accuracy
+    is in the top 1/reduction_factor of the cheap ones so far (ASHA's rule, with the cheap run as the
+    rung). Its best is of full-fidelity runs alone, and the searcher is told the last value it saw."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -133,6 +145,7 @@ def replay(grid: Grid, strategy: Strategy, seed: int, budget: float, grace_perio
                                      "multivariate": strategy.multivariate}})
     study = optuna.create_study(directions=["maximize"] * (2 if two else 1), sampler=searcher.sampler(cfg))
     at_rung = {r: [] for r in rungs(grid.epochs, grace_period, reduction_factor)}
+    at_cheap = []  # the cheap runs' final robust accuracies (cheap_first)
     spent, best, completed, out = 0.0, 0.0, [], []
     while spent < budget:
         trial = None if choose else study.ask()
@@ -142,6 +155,13 @@ def replay(grid: Grid, strategy: Strategy, seed: int, budget: float, grace_perio
             searcher.suggest(trial, grid.space)
             params = trial.params
         curve = grid.curve(params)
+        if strategy.cheap_first:
+            cheap_curve = cheap.curve(params)
+            spent += sum(seconds for _, _, seconds in cheap_curve)
+            robust, clean, _ = cheap_curve[-1]
+            promoted = asha_keeps(robust, at_cheap, reduction_factor)
+            at_cheap.append(robust)
+            curve = curve if promoted else []
         for epoch, (robust, clean, seconds) in enumerate(curve, 1):
             spent += seconds
             if epoch in at_rung and strategy.stopper != "none":
@@ -151,8 +171,9 @@ def replay(grid: Grid, strategy: Strategy, seed: int, budget: float, grace_perio
                 if not keep:
                     break
         else:
-            completed.append((robust, clean))
-            best = max(best, robust)
+            if curve:  # a full-fidelity run, to its end
+                completed.append((robust, clean))
+                best = max(best, robust)
         if trial is not None:  # Tune tells the searcher the last reported values, truncated ones included
             study.tell(trial, [robust, clean] if two else robust)
         out.append((spent, best, list(completed)))
@@ -199,17 +220,27 @@ def main(argv=None):
     parser.add_argument("--grace-period", type=int, default=2)
     parser.add_argument("--reduction-factor", type=int, default=2)
     parser.add_argument("--plot", default="")
+    parser.add_argument("--cheap", nargs="+", default=[],
+                        help="the same configurations recorded at a cheaper fidelity (grids/*_pgd1.yaml): "
+                             "also replay the multi-fidelity strategies that train there first")
     args = parser.parse_args(argv)
     try:
         grid = load_grid(*args.grid)
+        cheap = load_grid(*args.cheap) if args.cheap else None
+        if cheap and (set(cheap.space) != set(grid.space) or
+                      not all(tuple(dict(zip(grid.space, key))[k] for k in cheap.space) in cheap.curves
+                              for key in grid.curves)):
+            raise GridError(f"{' + '.join(args.cheap)} does not hold every configuration of {' + '.join(args.grid)}: "
+                            "record the cheap grid over the same space")
     except GridError as err:
         print(f"search_replay: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    strategies = STRATEGIES + (CHEAP_FIRST if cheap else [])
     full_trial = statistics.mean(sum(s for _, _, s in c) for c in grid.curves.values())
     budget = args.budget_trials * full_trial
     startup = startup_for(args.budget_trials)
-    curves = {s.name: [replay(grid, s, seed, budget, args.grace_period, args.reduction_factor, startup=startup)
-                       for seed in range(args.replays)] for s in STRATEGIES}
+    curves = {s.name: [replay(grid, s, seed, budget, args.grace_period, args.reduction_factor, startup=startup,
+                              cheap=cheap) for seed in range(args.replays)] for s in strategies}
     target = statistics.mean(at_budget(c, budget) for c in curves["random"])
     print(f"grid {' + '.join(args.grid)}: {len(grid.curves)} configurations x {grid.epochs} epochs, "
           f"best final robust accuracy {grid.best():.3f}; budget {args.budget_trials:g} full trials ({budget:.0f} s); "
@@ -219,7 +250,7 @@ def main(argv=None):
           f"({target:.3f}) | hypervolume of the (robust, clean) front |")
     print("|---|---|---|---|---|")
     rows = []
-    for s in STRATEGIES:
+    for s in strategies:
         reached = [at_budget(c, budget) for c in curves[s.name]]
         needed = [compute_to_reach(c, target) for c in curves[s.name]]
         hit = sorted(n / budget for n in needed if n is not None)

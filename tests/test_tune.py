@@ -207,8 +207,27 @@ def test_a_recorded_grid_replays_deterministically_and_an_oracle_reaches_its_bes
     outside = lambda history: {"method.disentangler_size": 8, "method.align_weight": 2.0, "attack.eps": 0.1}  # noqa: E731
     with pytest.raises(replay.GridError, match="the grid has no configuration"):
         replay.replay(grid, replay.STRATEGIES[0], seed=0, budget=budget, choose=outside)
-    rows = replay.main([str(tmp_path / "grid"), "--replays", "3", "--budget-trials", "2", "--grace-period", "1"])
-    assert [name for name, _, _ in rows] == [s.name for s in replay.STRATEGIES]
+    # the same grid at a cheaper fidelity (PGD-1 training): a multi-fidelity search pays a configuration's cheap
+    # run, and its full run only when promoted; the first configuration always is
+    (tmp_path / "cheap.yaml").write_text(GRID + "attack: {steps: 1}\n")
+    proc = tune_cli(tmp_path, natural_digits[1], f"search={tmp_path / 'cheap.yaml'}", "name=cheap",
+                    "final_eval.top_k=0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cheap = replay.load_grid(str(tmp_path / "cheap"))
+    first_key = next(iter(grid.curves))
+    cost = lambda curve: sum(s for _, _, s in curve)  # noqa: E731
+    assert cost(cheap.curves[first_key]) < cost(grid.curves[first_key])  # PGD-1 is the cheaper fidelity
+    for strategy in replay.CHEAP_FIRST:
+        run = replay.replay(grid, strategy, seed=1, budget=budget, cheap=cheap)
+        assert run == replay.replay(grid, strategy, seed=1, budget=budget, cheap=cheap)
+        assert max(best for _, best, _ in run) <= grid.best()
+    spent, best, done = replay.replay(grid, replay.CHEAP_FIRST[0], seed=0, budget=1e-9, cheap=cheap,
+                                      choose=lambda history: dict(zip(grid.space, first_key)))[0]
+    assert spent == pytest.approx(cost(cheap.curves[first_key]) + cost(grid.curves[first_key]))
+    assert best == grid.curves[first_key][-1][0] and done == [grid.curves[first_key][-1][:2]]
+    rows = replay.main([str(tmp_path / "grid"), "--replays", "3", "--budget-trials", "2", "--grace-period", "1",
+                        "--cheap", str(tmp_path / "cheap")])
+    assert [name for name, _, _ in rows] == [s.name for s in replay.STRATEGIES + replay.CHEAP_FIRST]
     with pytest.raises(SystemExit) as refused:
         replay.main([str(tmp_path / "nowhere")])
     assert refused.value.code == 2
