@@ -20,12 +20,15 @@ a run can never get: on this machine for a run in this process, on the cluster f
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
+import psutil
 import torch
 from omegaconf import OmegaConf
 
@@ -55,7 +58,28 @@ def connect() -> None:
     # Ray Train's controller polls its workers every 2 s by default: a worker that dies within that
     # window of a report loses the report's checkpoint, and every run waits on a few polls to start.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
-    ray.init(address="local", _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1", logging_level="WARNING")
+    for attempt in range(1, STARTS + 1):
+        ours = {child.pid for child in psutil.Process().children()}
+        try:
+            ray.init(address="local", _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1", logging_level="WARNING")
+            return
+        except Exception as err:
+            # Ray 2.60 gives its raylet a fixed 30 s to register (ray/_private/node.py); on a loaded machine
+            # (two test processes starting clusters on two cores, say) it can take longer, and the node it
+            # started is left behind: stop that node's processes, then start again
+            if "timed out during startup" not in str(err) or attempt == STARTS:
+                raise
+            for child in psutil.Process().children():
+                if child.pid not in ours:
+                    for process in [*child.children(recursive=True), child]:
+                        with contextlib.suppress(psutil.NoSuchProcess):
+                            process.kill()
+            ray.shutdown()
+            print(f"[ray] the local Ray node did not start within Ray's 30 s (a busy machine): starting it again "
+                  f"({attempt + 1} of {STARTS})", file=sys.stderr, flush=True)
+
+
+STARTS = 3  # tries to start a local Ray node
 
 
 def local_resources() -> dict:
