@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-from raygap import compare, config  # noqa: E402
-from raygap.errors import UserError  # noqa: E402
+from raygap import compare  # noqa: E402
+from raygap.cli import entry_point  # noqa: E402
 
 SEARCH = "defences_cifar10_cpu"  # its data, model, budget and final evaluation; no search runs
 RULES = {"official": "3x", "official_torch2": "2x"}
@@ -45,19 +45,19 @@ class Rule(compare.Arm):
         return f"afd-{self.update}-seed{self.seed}"
 
 
+def run(cfg) -> dict:
+    rules = [Rule("afd", False, seed, compare.arm_config(cfg, "afd", seed, {}), update)
+             for seed in cfg.compare.seeds for update in RULES]
+    for rule in rules:
+        rule.cfg.method.update = rule.update
+    return compare.run_arms(cfg, cfg.name, rules, SEARCH)
+
+
 def main(argv=None) -> dict:
-    overrides = [compare.short_keys(o) for o in (sys.argv[1:] if argv is None else argv)]
-    try:
-        cfg = config.load(["name=afd-decay", *overrides], SEARCH)
-        rules = [Rule("afd", False, seed, compare.arm_config(cfg, "afd", seed, {}), update)
-                 for seed in cfg.compare.seeds for update in RULES]
-        for rule in rules:
-            rule.cfg.method.update = rule.update
-        return compare.run_arms(cfg, cfg.name, rules, SEARCH)
-    except UserError as err:  # bad input: one line, exit 2
-        print(f"raygap: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    """raygap's command line (bad input: one line, exit 2), with this benchmark's name by default."""
+    return entry_point(run, last_line=lambda result: result["folder"], doc=__doc__, config_name=SEARCH,
+                       rewrite=compare.short_keys, argv=["name=afd-decay", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
-    print(main()["folder"])
+    main()

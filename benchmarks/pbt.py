@@ -28,8 +28,8 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 from omegaconf import OmegaConf  # noqa: E402
 
-from raygap import compare, config  # noqa: E402
-from raygap.errors import UserError  # noqa: E402
+from raygap import compare  # noqa: E402
+from raygap.cli import entry_point  # noqa: E402
 from raygap.schema import as_dict  # noqa: E402
 
 SEARCH = "afd_pbt_cifar10_cpu"
@@ -51,21 +51,21 @@ class Schedule(compare.Arm):
         return f"afd-{'pbt' if self.scheduler == 'pbt' else 'fixed'}-seed{self.seed}"
 
 
+def run(cfg) -> dict:
+    space, arms = compare.own_space(as_dict(cfg.tune.space), "afd"), []
+    for seed in cfg.compare.seeds:
+        for scheduler in SCHEDULERS:
+            searched = OmegaConf.merge(cfg, {"tune": {"scheduler": {"name": scheduler}}})
+            arms.append(Schedule("afd", True, seed, compare.arm_config(searched, "afd", seed, space), scheduler))
+    return compare.run_arms(cfg, cfg.name, arms, SEARCH)
+
+
 def main(argv=None) -> dict:
-    overrides = [compare.short_keys(o) for o in (sys.argv[1:] if argv is None else argv)]
-    try:
-        cfg = config.load(["name=afd-pbt", "compare.seeds=[0,1,2]", *overrides], SEARCH)
-        space, arms = compare.own_space(as_dict(cfg.tune.space), "afd"), []
-        for seed in cfg.compare.seeds:
-            for scheduler in SCHEDULERS:
-                searched = OmegaConf.merge(cfg, {"tune": {"scheduler": {"name": scheduler}}})
-                arms.append(Schedule("afd", True, seed, compare.arm_config(searched, "afd", seed, space),
-                                     scheduler))
-        return compare.run_arms(cfg, cfg.name, arms, SEARCH)
-    except UserError as err:  # bad input: one line, exit 2
-        print(f"raygap: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    """raygap's command line (bad input: one line, exit 2), with this benchmark's name and seeds by default."""
+    return entry_point(run, last_line=lambda result: result["folder"], doc=__doc__, config_name=SEARCH,
+                       rewrite=compare.short_keys,
+                       argv=["name=afd-pbt", "compare.seeds=[0,1,2]", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
-    print(main()["folder"])
+    main()

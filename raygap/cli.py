@@ -19,12 +19,13 @@ group=option (data=cifar10 model=resnet18 method=trades), lists as eval.attacks=
 
 
 def entry_point(run: Callable, last_line: Callable, doc: str = "", config_name: str = "raygap",
-                rewrite: Callable[[str], str] | None = None) -> None:
-    """Parse overrides, validate the config, call `run(cfg)`, print `last_line(result)` last.
+                rewrite: Callable[[str], str] | None = None, argv: list | None = None):
+    """Parse overrides (`argv`, else the command line's), validate the config, call `run(cfg)`, print
+    `last_line(result)` last and return the result.
 
     A UserError (bad input) becomes one line on stderr and exit status 2, with no traceback.
     """
-    argv = sys.argv[1:]
+    argv = sys.argv[1:] if argv is None else argv
     if "-h" in argv or "--help" in argv:
         print((doc or "").strip() + "\n" + USAGE)
         return
@@ -46,6 +47,7 @@ def entry_point(run: Callable, last_line: Callable, doc: str = "", config_name: 
         print("raygap: interrupted; run the same command again to resume where it stopped", file=sys.stderr)
         raise SystemExit(130) from None
     print(last_line(result), flush=True)
+    return result
 
 
 def _stop_ray() -> None:
