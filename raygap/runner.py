@@ -36,7 +36,7 @@ from raygap import checkpoint, layout, storage, stream
 from raygap.errors import UserError
 from raygap.loop import Job, train_loop
 from raygap.ray_compat import max_cluster_resources
-from raygap.schema import as_dict, digest
+from raygap.schema import as_dict, digest, without_later_keys
 
 # --- Ray ------------------------------------------------------------------------------------------
 
@@ -337,17 +337,19 @@ def free_memory() -> None:
 
 # Settings that change where and how fast training runs, not the model it produces.
 EXECUTION_KEYS = ("workers", "gpus_per_worker", "cpus_per_worker", "max_failures", "compile", "channels_last")
+DATA_EXECUTION_KEYS = ("download", "resident", "eps", "decode_cpus", "decoders")
 
 
 def natural_key(cfg) -> str:
     """The natural model's cache key: everything that shapes it (data, model, the natural-training
-    settings), nothing that does not (workers, devices)."""
+    settings), nothing that does not (workers, devices, decoding CPUs). A key added since (schema.LATER_KEYS)
+    counts only away from its default, so that a model cached before it existed is still found."""
     data = {k: v for k, v in OmegaConf.to_container(cfg.data).items()
-            if k not in ("download", "resident", "eps") and (k != "root" or cfg.data.name == "folder")}
+            if k not in DATA_EXECUTION_KEYS and (k != "root" or cfg.data.name == "folder")}
     train = {k: v for k, v in OmegaConf.to_container(cfg.pretrain).items() if k not in EXECUTION_KEYS}
     if train["keep"] == "last":  # the only choice before the key existed: models cached then keep their key
         del train["keep"]
-    return digest({"data": data, "model": OmegaConf.to_container(cfg.model), "pretrain": train})
+    return digest(without_later_keys({"data": data, "model": OmegaConf.to_container(cfg.model), "pretrain": train}))
 
 
 def natural_path(cfg) -> str:

@@ -1,17 +1,19 @@
 """Experiments written by earlier code keep working: the same command finds the same experiment (its name's
 digest), and new epochs join the parts written then as one table, whichever part pyarrow reads first. The
 pinned names and the part file were made by commit c0ea61e, before the epoch row became a type and the
-folder's layout a module."""
+folder's layout a module. The pinned natural model is the one benchmarks/results/cifar10-store keeps, cached by
+32b038b before data.stream and the other streaming keys existed."""
 
 import shutil
 from pathlib import Path
 
 import pytest
 
-from raygap import config, results, tune
+from raygap import config, results, runner, tune
 from raygap.schema import as_dict
 
 OLD_PART = Path(__file__).parent / "data" / "epochs-part-c0ea61e.parquet"
+KEPT_NATURAL = Path(__file__).parents[1] / "benchmarks" / "results" / "cifar10-store" / "pretrained" / "296a4c1d2f"
 
 # (search, overrides) -> the experiment name c0ea61e gave it (storage and data.root fixed: both are digested)
 NAMES = [
@@ -29,6 +31,14 @@ NAMES = [
 def test_the_same_command_names_the_same_experiment(search, overrides, name):
     cfg = config.load(["storage=/tmp/x", "data.root=/data", *overrides], search)
     assert tune.experiment_name(cfg, search) == name
+
+
+@pytest.mark.parametrize("overrides", [[], ["data.decoders=4", "data.decode_cpus=1", "pretrain.workers=2"]])
+def test_the_same_command_finds_the_natural_model_cached_before_later_keys(overrides):
+    cfg = config.load(["storage=/tmp/x", "data.root=/work/cifar10-jpeg", *overrides], "defences_cifar10_cpu")
+    assert runner.natural_key(cfg) == KEPT_NATURAL.name and (KEPT_NATURAL / "model.pt").is_file()
+    streamed = config.load(["storage=/tmp/x", "data.root=/work/cifar10-jpeg", "data.stream=true"], "defences_cifar10_cpu")
+    assert runner.natural_key(streamed) != KEPT_NATURAL.name  # a later key away from its default counts
 
 
 def test_new_epochs_join_a_table_written_before_as_one_table(tmp_path):
