@@ -9,7 +9,7 @@ AutoAttack on the same first 1,000 carved test images. Prints each rule's figure
 and the paired difference with a 95% interval (bootstrap over the test images and the seeds), through
 raygap.compare's tables: `arms`, `differences` and `examples` under <storage>/<name>/.
 
-    python benchmarks/decay.py data.root=~/cifar10-jpeg storage=~/raygap-decay [seeds=[0,1]]
+    python benchmarks/decay.py data.root=~/cifar10-jpeg storage=~/raygap-decay      # seeds=[0,1] by default
 
 Re-running the same command resumes: trained runs and their evaluations are read back. Any override of
 `raygap.compare` applies (the search space's `tune.space` is not used: both arms are untuned).
@@ -54,9 +54,10 @@ def run(cfg) -> dict:
 
 
 def main(argv=None) -> dict:
-    """raygap's command line (bad input: one line, exit 2), with this benchmark's name by default."""
+    """raygap's command line (bad input: one line, exit 2), with this benchmark's name and seeds by default."""
     return entry_point(run, last_line=lambda result: result["folder"], doc=__doc__, config_name=SEARCH,
-                       rewrite=compare.short_keys, argv=["name=afd-decay", *(sys.argv[1:] if argv is None else argv)])
+                       rewrite=compare.short_keys,
+                       argv=["name=afd-decay", "compare.seeds=[0,1]", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

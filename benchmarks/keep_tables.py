@@ -1,39 +1,71 @@
-"""Copy what a comparison resumes from out of its storage: every Parquet table (raygap.compare keeps each
-arm whose finalist was evaluated) and the cached natural model the arms start from, without checkpoints,
-journals or Tune's state. So a benchmark that runs for days survives the loss of its machine, and the
-tables that benchmarks/README.md quotes lie beside it.
+"""Copy what a comparison resumes from out of its storage, so that a benchmark that runs for days survives the
+loss of its machine, and the tables that benchmarks/README.md quotes lie beside it:
+
+- every Parquet table: an evaluated arm is not entered again (raygap.compare reads only its tables);
+- for an arm not evaluated yet, what lets it go on where it stopped rather than from its start: a search's
+  Optuna study (raygap.tune goes on without Tune's state as a new Tune run over the same study, for the
+  trials still to run) and the models of the trials it would evaluate now (its `final_eval.top_k` completed
+  trials by its objective); an untuned arm's trained model;
+- the cached natural model the arms start from.
+
+Left behind: Tune's state, the checkpoints of trials in flight (they restart), the other trials' models. A
+population (PBT) cannot go on as a new Tune run, so an unevaluated PBT arm is not kept and runs again.
 
     python benchmarks/keep_tables.py <storage> benchmarks/results/<storage name>     # keep
     python benchmarks/keep_tables.py benchmarks/results/<storage name> <storage>     # then resume:
     python -m raygap.compare storage=<storage> ...                                 # the same command
 """
 
+import json
 import shutil
 import sys
 from pathlib import Path
 
+import pandas as pd
 
-def kept(root: Path):
-    """The files under storage `root` to keep: tables outside run folders, and natural models."""
-    for path in sorted(root.rglob("*")):
+def kept(root: Path) -> list[Path]:
+    """The files under storage `root` to keep, relative to it."""
+    files = []
+    for path in sorted(root.rglob("[!.]*.parquet")):  # .*: writes in flight
         where = path.relative_to(root)
-        if path.name.startswith("."):  # writes in flight
+        if where.parts[0] != "pretrained" and "runs" not in where.parts:
+            files.append(where)
+    # the searches (raygap.tune's, a comparison's tuned arms) and untuned arms not evaluated yet
+    searches = {path.parent for path in root.rglob("trials") if path.is_dir()}
+    untuned = {path.parents[2] for path in root.glob("**/runs/untuned/model.pt")}
+    for folder in sorted(searches | untuned):
+        if (folder / "examples").is_dir():
             continue
-        if path.suffix == ".parquet" and "runs" not in where.parts:
-            # an arm (<comparison>/<arm>/<table>/<part>) only once its finalist was evaluated: a search cut
-            # short cannot resume without Tune's state, so the comparison runs that arm again from scratch
-            # (the natural model's epochs, pretrained/<key>/epochs/<part>, are not needed either)
-            if len(where.parts) != 4 or (root / where.parts[0] / where.parts[1] / "examples").is_dir():
-                yield where
-        elif where.parts[0] == "pretrained" and path.name in ("model.pt", "config.yaml"):
-            yield where
+        going_on = resume_files(folder) if folder in searches else [folder / "runs" / "untuned" / "model.pt"]
+        if going_on is None:  # cannot go on: none of it is kept, and it runs again from its start
+            files = [f for f in files if folder not in (root / f).parents]
+        else:
+            files += [f.relative_to(root) for f in going_on]
+    for natural in sorted((root / "pretrained").glob("*")):
+        files += [p.relative_to(root) for p in (natural / "model.pt", natural / "config.yaml") if p.is_file()]
+    return files
+
+
+def resume_files(search: Path) -> list[Path] | None:
+    """What a search not evaluated yet goes on from besides its tables: its study and the models of the trials
+    it would evaluate now; None for a population (PBT), which cannot go on as a new Tune run."""
+    if not any((search / "trials").glob("[!.]*.parquet")):
+        return []
+    trials = pd.read_parquet(search / "trials")
+    config = json.loads(trials.config.dropna().iloc[0])
+    if config["tune"]["scheduler"]["name"] == "pbt":
+        return None
+    objective = config["tune"]["objectives"][0]
+    done = trials[trials.status == "completed"].sort_values(objective["metric"], ascending=objective["mode"] == "min")
+    models = [search / "runs" / trial_id / "model.pt" for trial_id in done.trial_id.head(config["final_eval"]["top_k"])]
+    return [path for path in [search / "optuna.journal", *models] if path.is_file()]
 
 
 if __name__ == "__main__":
     if len(sys.argv) != 3 or not Path(sys.argv[1]).is_dir():
         sys.exit("usage: python benchmarks/keep_tables.py <storage folder> <folder to copy its tables to>")
     source, target = Path(sys.argv[1]), Path(sys.argv[2])
-    files = list(kept(source))
+    files = kept(source)
     for where in files:
         (target / where).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source / where, target / where)

@@ -32,6 +32,7 @@ from raygap.errors import UserError
 from raygap.lock import DriverLock
 from raygap.loop import Job
 from raygap.methods import METHODS, from_scratch
+from raygap.recorder import LOST
 from raygap.schema import RaygapConfig, as_dict, digest, search_algorithm
 from raygap.tune import pop_search
 
@@ -227,7 +228,8 @@ def arm_row(arm: Arm, arm_dir: str) -> tuple[dict, object]:
         raise UserError(f"the search of {arm.label} at seed {arm.seed} has no evaluated finalist: no trial completed "
                         f"(see {arm_dir}/trials); fix the cause and run the same command again")
     if arm.tuned:
-        params, runs = trials[trials.trial_id == trial_id].params.iloc[0], trials
+        # a trial lost to a killed driver ran again in its place: the crash's cost, not the method's budget
+        params, runs = trials[trials.trial_id == trial_id].params.iloc[0], trials[trials.error != LOST]
     else:
         params = "{}"
         runs = results.read_table(arm_dir, "epochs").groupby("trial_id").agg(

@@ -228,11 +228,11 @@ def finalists(cfg, experiment_dir: str) -> None:
             continue
         print(f"[search] evaluating finalist {row['trial_id']} on the test split: {', '.join(cfg.final_eval.attacks)}",
               flush=True)
-        result = final_evaluation(cfg, json.loads(row["config"]), row["model_path"],
-                                  layout.final_eval(layout.run(experiment_dir, row["trial_id"])))
+        run_dir = layout.run(experiment_dir, row["trial_id"])  # not row["model_path"]: the storage may have moved
+        result = final_evaluation(cfg, json.loads(row["config"]), layout.model(run_dir), layout.final_eval(run_dir))
         results.write_examples(experiment_dir, row["trial_id"], result, cfg.final_eval.attacks)
         faults.crash("final_eval")
-        row.update({c: result[c[len("test_"):]] for c in columns}, finalist=True)
+        row.update({c: result[c[len("test_"):]] for c in columns}, finalist=True, model_path=layout.model(run_dir))
         results.write(layout.part(experiment_dir, "trials", row["trial_id"]), [row],
                       results.trials_schema(cfg))
 

@@ -1,8 +1,11 @@
 """Defences compared at an equal budget: the paired interval, bad input, and a short real comparison on digits
 (its tables read back, the report's comparison page, the notebook's comparison section on a real kernel)."""
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,7 @@ from nbclient import NotebookClient
 from raygap import analysis, results
 from raygap.config import load
 from raygap.compare import own_space, plan
+from raygap.recorder import LOST
 
 from helpers import run_cli, run_main
 
@@ -150,6 +154,46 @@ def test_a_short_comparison_searches_each_method_at_the_same_budget_on_the_same_
     assert again.returncode == 0 and "] epoch " not in again.stdout, again.stderr[-2000:]
     assert again.stdout.count("evaluated before, kept") == 3 and not (tmp_path / "pretrained").exists()
     pd.testing.assert_frame_equal(results.read_table(tmp_path / "short", "arms"), arms)
+
+
+@pytest.mark.slow
+def test_a_comparison_whose_machine_was_lost_mid_search_goes_on_from_what_keep_tables_kept(natural_digits, tmp_path):
+    """The long real-data comparisons outlive their machines through keep_tables' copies: a search cut short
+    goes on from its study, its tables and the model of its best trial, in another storage folder."""
+    lost, kept_copy = tmp_path / "lost", tmp_path / "kept"
+    args = ["name=cut", "methods=[vaft,afd]", "untuned=[]", "tune.num_samples=3", "tune.max_concurrent=2",
+            "train.epochs=1", "tune.scheduler.name=fifo", "final_eval.n=40", "final_eval.attacks=[clean,pgd20]",
+            "eval.val_n=100"]
+    command = [sys.executable, "-m", "raygap.compare", f"storage={lost}", f"pretrained={natural_digits[1]}", *args]
+    driver = subprocess.Popen(command, env=dict(os.environ, RAY_AUTH_MODE="disabled"), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    search, deadline = lost / "cut" / "vaft-tuned-seed0", time.time() + 600
+    while (trials := results.read_table(search, "trials")).empty or not (trials.status == "completed").any():
+        assert driver.poll() is None and time.time() < deadline, "the first search never completed a trial"
+        time.sleep(0.5)
+    os.killpg(driver.pid, signal.SIGKILL)  # the machine is lost: the driver, Ray and the trials at once
+    driver.wait()
+    before = results.read_table(search, "trials")
+    assert (before.status == "completed").sum() < 3  # cut short
+
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "keep_tables.py"), str(lost), str(kept_copy)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    kept = {str(p.relative_to(kept_copy)) for p in kept_copy.rglob("*") if p.is_file()}
+    done_before = before[before.status == "completed"].set_index("trial_id").kept_robust_acc
+    best = {f"cut/vaft-tuned-seed0/runs/{t}/model.pt" for t in done_before.index[done_before == done_before.max()]}
+    models = {p for p in kept if p.endswith(".pt")}  # final_eval.top_k=1: the best trial's model alone
+    assert len(models) == 1 and models <= best
+    assert "cut/vaft-tuned-seed0/optuna.journal" in kept and not any("experiment_state" in p for p in kept)
+
+    again = run_cli("compare", f"storage={kept_copy}", f"pretrained={natural_digits[1]}", *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "of 3 trials are done; a new Tune run over the same study runs the other" in again.stdout
+    trials = results.read_table(kept_copy / "cut" / "vaft-tuned-seed0", "trials")
+    assert (trials.status == "completed").sum() == 3 and (trials[trials.status != "completed"].error == LOST).all()
+    assert trials.set_index("trial_id").kept_robust_acc[done_before.index].tolist() == done_before.tolist()
+    arms = results.read_table(kept_copy / "cut", "arms")
+    assert list(arms.trials) == [3, 3]  # the same budget for both arms, the lost trial not counted
 
 
 @pytest.mark.slow

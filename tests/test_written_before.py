@@ -35,9 +35,10 @@ def test_the_same_command_names_the_same_experiment(search, overrides, name):
 
 @pytest.mark.parametrize("overrides", [[], ["data.decoders=4", "data.decode_cpus=1", "pretrain.workers=2"]])
 def test_the_same_command_finds_the_natural_model_cached_before_later_keys(overrides):
-    cfg = config.load(["storage=/tmp/x", "data.root=/work/cifar10-jpeg", *overrides], "defences_cifar10_cpu")
+    where = ["storage=/tmp/x", "data.root=/work/cifar10-jpeg"]  # the root is digested for a folder tree
+    cfg = config.load([*where, *overrides], "defences_cifar10_cpu")
     assert runner.natural_key(cfg) == KEPT_NATURAL.name and (KEPT_NATURAL / "model.pt").is_file()
-    streamed = config.load(["storage=/tmp/x", "data.root=/work/cifar10-jpeg", "data.stream=true"], "defences_cifar10_cpu")
+    streamed = config.load([*where, "data.stream=true"], "defences_cifar10_cpu")
     assert runner.natural_key(streamed) != KEPT_NATURAL.name  # a later key away from its default counts
 
 
