@@ -8,8 +8,9 @@ loss of its machine, and the tables that benchmarks/README.md quotes lie beside 
   trials by its objective); an untuned arm's trained model;
 - the cached natural model the arms start from.
 
-Left behind: Tune's state, the checkpoints of trials in flight (they restart), the other trials' models. A
-population (PBT) cannot go on as a new Tune run, so an unevaluated PBT arm is not kept and runs again.
+Left behind: Tune's state, the checkpoints of trials in flight (they restart), the other trials' models (one
+kept before and no longer needed is removed from the copy). A population (PBT) cannot go on as a new Tune
+run, so an unevaluated PBT arm is not kept and runs again.
 
     python benchmarks/keep_tables.py <storage> benchmarks/results/<storage name>     # keep
     python benchmarks/keep_tables.py benchmarks/results/<storage name> <storage>     # then resume:
@@ -69,4 +70,10 @@ if __name__ == "__main__":
     for where in files:
         (target / where).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source / where, target / where)
-    print(f"{len(files)} files copied to {target}")
+    # a model kept earlier that a search no longer needs (another trial is better now, or it was evaluated)
+    stale = [m for m in target.glob("**/runs/*/model.pt") if m.relative_to(target) not in files
+             and (source / m.relative_to(target)).parents[2].is_dir()]
+    for model in stale:
+        model.unlink()
+    removed = f", {len(stale)} models no longer needed removed" if stale else ""
+    print(f"{len(files)} files copied to {target}{removed}")

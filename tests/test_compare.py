@@ -2,6 +2,7 @@
 (its tables read back, the report's comparison page, the notebook's comparison section on a real kernel)."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -186,6 +187,8 @@ def test_a_comparison_whose_machine_was_lost_mid_search_goes_on_from_what_keep_t
     assert len(models) == 1 and models <= best
     assert "cut/vaft-tuned-seed0/optuna.journal" in kept and not any("experiment_state" in p for p in kept)
 
+    first = tmp_path / "first"
+    shutil.copytree(kept_copy, first)
     again = run_cli("compare", f"storage={kept_copy}", f"pretrained={natural_digits[1]}", *args)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "of 3 trials are done; a new Tune run over the same study runs the other" in again.stdout
@@ -194,6 +197,11 @@ def test_a_comparison_whose_machine_was_lost_mid_search_goes_on_from_what_keep_t
     assert trials.set_index("trial_id").kept_robust_acc[done_before.index].tolist() == done_before.tolist()
     arms = results.read_table(kept_copy / "cut", "arms")
     assert list(arms.trials) == [3, 3]  # the same budget for both arms, the lost trial not counted
+    # kept again over the first copy once evaluated: the model kept to go on is no longer needed there
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "keep_tables.py"), str(kept_copy), str(first)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and "1 models no longer needed removed" in proc.stdout, proc.stdout + proc.stderr
+    assert not list(first.rglob("*.pt")) and len(list(first.glob("cut/*/examples/*.parquet"))) == 2
 
 
 @pytest.mark.slow
