@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from raygap import results
+
 def kept(root: Path) -> list[Path]:
     """The files under storage `root` to keep, relative to it."""
     files = []
@@ -56,9 +58,8 @@ def resume_files(search: Path) -> list[Path] | None:
     config = json.loads(trials.config.dropna().iloc[0])
     if config["tune"]["scheduler"]["name"] == "pbt":
         return None
-    objective = config["tune"]["objectives"][0]
-    done = trials[trials.status == "completed"].sort_values(objective["metric"], ascending=objective["mode"] == "min")
-    models = [search / "runs" / trial_id / "model.pt" for trial_id in done.trial_id.head(config["final_eval"]["top_k"])]
+    finalists = results.finalist_candidates(trials, config["tune"]["objectives"][0], config["final_eval"]["top_k"])
+    models = [search / "runs" / trial_id / "model.pt" for trial_id in finalists.trial_id]
     return [path for path in [search / "optuna.journal", *models] if path.is_file()]
 
 

@@ -31,14 +31,20 @@ def crash(point: str) -> None:
     if os.environ.get("RAYGAP_TEST_CRASH") != point:
         return
     assert point in CRASH_POINTS, point
-    session, me = os.getsid(0), os.getpid()
+    kill_session(os.getsid(0))
+
+
+def kill_session(session: int) -> None:
+    """SIGKILL to every process of `session` (the calling process last, if it is one of them): a lost machine."""
+    me = os.getpid()
     for pid in [int(name) for name in os.listdir("/proc") if name.isdigit() and int(name) != me]:
         try:
             if os.getsid(pid) == session:
                 os.kill(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-    os.kill(me, signal.SIGKILL)
+    if os.getsid(0) == session:
+        os.kill(me, signal.SIGKILL)
 
 
 def at_start(job) -> None:

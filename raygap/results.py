@@ -240,6 +240,13 @@ def check_readable(experiment_dir: str, table: str) -> None:
                                 "away (or restore it from a backup) and run the same command again") from None
 
 
+def finalist_candidates(trials, objective, top_k: int):
+    """The trials a search evaluates on the test split: its `top_k` completed trials, best first by `objective`
+    (a `tune.objectives` entry, config node or dict). raygap.tune evaluates them; keep_tables keeps their models."""
+    done = trials[trials.status == "completed"]
+    return done.sort_values(objective["metric"], ascending=objective["mode"] == "min").head(top_k)
+
+
 def read_table(experiment_dir: str, table: str):
     """A table of an experiment as a pandas DataFrame (empty if nothing was written yet)."""
     import pandas as pd

@@ -218,10 +218,8 @@ def finalists(cfg, experiment_dir: str) -> None:
     frame = results.read_table(experiment_dir, "trials")
     if frame.empty or not cfg.final_eval.top_k:
         return
-    objective = cfg.tune.objectives[0]
-    done = frame[frame.status == "completed"].sort_values(objective.metric, ascending=objective.mode == "min")
     columns = results.test_columns(cfg)
-    for row in done.head(cfg.final_eval.top_k).to_dict("records"):
+    for row in results.finalist_candidates(frame, cfg.tune.objectives[0], cfg.final_eval.top_k).to_dict("records"):
         examples = layout.part(experiment_dir, "examples", row["trial_id"])
         if row.get("finalist") and all(row.get(c) is not None and row[c] == row[c] for c in columns) \
                 and storage.exists(examples):

@@ -3,7 +3,6 @@
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import pytest
 import ray
 from nbclient import NotebookClient
 
-from raygap import analysis, results
+from raygap import analysis, faults, results
 from raygap.config import load
 from raygap.compare import own_space, plan
 from raygap.recorder import LOST
@@ -172,7 +171,7 @@ def test_a_comparison_whose_machine_was_lost_mid_search_goes_on_from_what_keep_t
     while (trials := results.read_table(search, "trials")).empty or not (trials.status == "completed").any():
         assert driver.poll() is None and time.time() < deadline, "the first search never completed a trial"
         time.sleep(0.5)
-    os.killpg(driver.pid, signal.SIGKILL)  # the machine is lost: the driver, Ray and the trials at once
+    faults.kill_session(driver.pid)  # the machine is lost: the driver, Ray and the trials at once
     driver.wait()
     before = results.read_table(search, "trials")
     assert (before.status == "completed").sum() < 3  # cut short
