@@ -12,7 +12,7 @@ from raygap import results
 from raygap.study import open_storage
 from raygap.analysis import pareto_front
 
-from helpers import start_search_until_a_trial_completes, tune_cli
+from helpers import SMALL, run_main, start_search_until_a_trial_completes, tune_cli
 
 pytestmark = pytest.mark.slow  # searches on a local Ray cluster
 
@@ -268,3 +268,14 @@ def test_an_mlflow_store_that_cannot_be_written_is_refused_before_ray(tmp_path):
     assert "\n" not in line
     assert line.startswith("raygap: error: MLflow tracking URI sqlite:////proc/no/mlflow.db cannot be written")
     assert "MLFLOW_TRACKING_URI" in line and not list(tmp_path.iterdir())  # nothing written
+
+
+def test_ctrl_c_stops_what_follows_a_search_in_the_same_process(tmp_path, natural_digits):
+    """Tune leaves its Ctrl-C handler installed once a search returns; a comparison's next arm, trained or
+    attacked in the same process, would then only log the user's first Ctrl-C."""
+    before = signal.getsignal(signal.SIGINT)
+    proc = run_main("tune", f"storage={tmp_path}", f"pretrained={natural_digits[1]}", *SMALL, "tune.num_samples=1",
+                    "train.epochs=1", "final_eval.attacks=[clean]")
+    assert proc.returncode in (0, None), proc.stderr[-3000:]
+    assert len(results.read_table(proc.stdout.strip().splitlines()[-1], "trials")) == 1  # its last line: the experiment
+    assert signal.getsignal(signal.SIGINT) is before
