@@ -26,6 +26,7 @@ import pandas as pd
 
 from raygap import results
 
+
 def kept(root: Path) -> list[Path]:
     """The files under storage `root` to keep, relative to it."""
     files = []
