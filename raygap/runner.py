@@ -24,8 +24,10 @@ import contextlib
 import io
 import json
 import os
+import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import psutil
@@ -43,6 +45,21 @@ from raygap.schema import as_dict, digest, without_later_keys
 
 def joins_existing_cluster() -> bool:
     return bool(os.environ.get("RAY_ADDRESS"))
+
+
+@contextlib.contextmanager
+def signal_handlers_kept():
+    """Put back the SIGINT and SIGUSR1 handlers found, once the block ends. Ray Tune's fit() and Ray Train's
+    install their own in the main thread and leave them there (ray#37737, closed unfixed): after a search, the
+    next Ctrl-C of the process (a comparison's next arm, its evaluation) was only logged; after a Ray Train
+    run, it aborted a controller long gone and ended the process with exit 0, as if all were done."""
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGUSR1)}
+    try:
+        yield
+    finally:
+        if threading.current_thread() is threading.main_thread():  # the only thread they install them from
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
 
 
 def connect() -> None:
@@ -305,7 +322,8 @@ def execute(job: Job, *, callbacks: list | None = None, context=None) -> list:
                              worker_runtime_env={"env_vars": {k: v for k, v in os.environ.items()
                                                               if k.startswith("RAYGAP_")}}))
     try:
-        trainer.fit()
+        with signal_handlers_kept():
+            trainer.fit()
     except WorkerGroupError as err:
         # A mistake of the user's raised on a worker (bad data, divergence) stays one clear line.
         cause = worker_error(err)

@@ -15,9 +15,7 @@ import contextlib
 import io
 import json
 import os
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -178,22 +176,15 @@ def _search(cfg, search: str, experiment: str, experiment_dir: str, resources) -
         print(f"Optuna study '{experiment}': {study.dashboard_command(cfg.tune.optuna_storage, experiment_dir)}",
               flush=True)
     faults.crash("before_trials")
-    # Tune catches Ctrl-C (and SIGUSR1) with a handler it leaves installed once fit() returns: in a comparison,
-    # a Ctrl-C during the next arm's training or evaluation would only be logged (ray#37737, closed unfixed).
-    # Put the handlers back.
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGUSR1)}
     try:
         if tuner is not None:
-            tuner.fit()
+            with runner.signal_handlers_kept():
+                tuner.fit()
     except Exception as err:  # Tune wraps what a callback raised: find the storage error, if that was it
         cause = err
         while cause is not None and not isinstance(cause, StorageError):
             cause = cause.__cause__ or cause.__context__
         raise (cause or err) from None
-    finally:
-        if threading.current_thread() is threading.main_thread():  # the only thread Tune installs them from
-            for sig, handler in handlers.items():
-                signal.signal(sig, handler)
     # Tune answers the first Ctrl-C by returning from fit() as from a finished search; the trials table
     # (which the Recorder has just completed) tells the two apart.
     frame = results.read_table(experiment_dir, "trials")

@@ -270,12 +270,22 @@ def test_an_mlflow_store_that_cannot_be_written_is_refused_before_ray(tmp_path):
     assert "MLFLOW_TRACKING_URI" in line and not list(tmp_path.iterdir())  # nothing written
 
 
-def test_ctrl_c_stops_what_follows_a_search_in_the_same_process(tmp_path, natural_digits):
-    """Tune leaves its Ctrl-C handler installed once a search returns; a comparison's next arm, trained or
-    attacked in the same process, would then only log the user's first Ctrl-C."""
+def test_ctrl_c_stops_what_follows_a_search_or_a_ray_train_run_in_the_same_process(tmp_path, natural_digits):
+    """Ray Tune and Ray Train leave their Ctrl-C handlers installed once they return: a comparison's next arm,
+    trained or attacked in the same process, would then only log the user's first Ctrl-C (Tune's), or end
+    with exit 0 as if done (Train's)."""
+    import ray
+
     before = signal.getsignal(signal.SIGINT)
     proc = run_main("tune", f"storage={tmp_path}", f"pretrained={natural_digits[1]}", *SMALL, "tune.num_samples=1",
                     "train.epochs=1", "final_eval.attacks=[clean]")
     assert proc.returncode in (0, None), proc.stderr[-3000:]
     assert len(results.read_table(proc.stdout.strip().splitlines()[-1], "trials")) == 1  # its last line: the experiment
     assert signal.getsignal(signal.SIGINT) is before
+    try:
+        proc = run_main("train", f"storage={tmp_path}", f"pretrained={natural_digits[1]}", "method=vaft",
+                        "train.epochs=1", "train.workers=1", "eval.val_n=100")
+        assert proc.returncode in (0, None) and proc.stdout.strip().endswith("model.pt"), proc.stderr[-3000:]
+        assert signal.getsignal(signal.SIGINT) is before
+    finally:
+        ray.shutdown()
