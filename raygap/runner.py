@@ -52,7 +52,8 @@ def signal_handlers_kept():
     """Put back the SIGINT and SIGUSR1 handlers found, once the block ends. Ray Tune's fit() and Ray Train's
     install their own in the main thread and leave them there (ray#37737, closed unfixed): after a search, the
     next Ctrl-C of the process (a comparison's next arm, its evaluation) was only logged; after a Ray Train
-    run, it aborted a controller long gone and ended the process with exit 0, as if all were done."""
+    run, Ray Train's handler (data_parallel_trainer.py) would abort a controller long gone, which it answers
+    with sys.exit(0): an interrupted comparison ending as if done."""
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGUSR1)}
     try:
         yield
