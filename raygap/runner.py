@@ -325,6 +325,11 @@ def execute(job: Job, *, callbacks: list | None = None, context=None) -> list:
     try:
         with signal_handlers_kept():
             trainer.fit()
+    except SystemExit:
+        # Ray Train's Ctrl-C handler (installed by fit(), data_parallel_trainer.py) aborts the run, then
+        # exits the driver: SystemExit(1) from the pending ray.get, or 0 from the handler. An interruption,
+        # to be said with how to resume, not a failure (a traceback) or a run that finished (exit 0).
+        raise KeyboardInterrupt from None
     except WorkerGroupError as err:
         # A mistake of the user's raised on a worker (bad data, divergence) stays one clear line.
         cause = worker_error(err)

@@ -1,4 +1,5 @@
-"""Killing a whole run (driver and its local Ray cluster) and running the same command again resumes it."""
+"""Stopping a whole run (Ctrl-C, or a kill of the driver and its local Ray cluster) and running the same
+command again resumes it."""
 
 import os
 import pickle
@@ -15,39 +16,52 @@ from raygap.recorder import Recorder
 pytestmark = pytest.mark.slow  # kills and resumes a search
 
 
-def test_rerunning_a_killed_training_command_resumes_from_the_last_checkpoint(tmp_path, natural_digits):
+def test_a_ray_train_run_stopped_by_ctrl_c_then_killed_resumes_from_its_last_checkpoint_each_time(tmp_path,
+                                                                                                  natural_digits):
     _, path = natural_digits
     args = [sys.executable, "-m", "raygap.train", f"storage={tmp_path}", "name=resumable", "method=vaft",
-            "train.epochs=6", "train.workers=1", f"pretrained={path}"]
+            "train.epochs=8", "train.workers=1", f"pretrained={path}"]
     env = dict(os.environ, RAY_AUTH_MODE="disabled", PYTHONUNBUFFERED="1")
     run_dir = str(tmp_path / "resumable")
-    first = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             start_new_session=True)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        epochs = results.read_table(run_dir, "epochs")
-        checkpoints = [p for p in os.listdir(run_dir) if p.startswith("checkpoint_")] if os.path.isdir(run_dir) else []
-        if len(epochs) >= 2 and checkpoints:
-            break
-        assert first.poll() is None, first.stdout.read()
-        time.sleep(0.5)
-    else:
-        raise AssertionError("the first run never reached its second epoch")
-    os.killpg(first.pid, signal.SIGKILL)  # the driver and the Ray cluster it started
-    first.wait()
-    killed_at = time.time()
-    before = results.read_table(run_dir, "epochs").set_index("epoch").finished_at
+    finished_at = lambda: results.read_table(run_dir, "epochs").set_index("epoch").finished_at  # noqa: E731
 
-    second = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
-    assert second.returncode == 0, second.stderr[-3000:]
+    def start_and_wait_for_epochs(n: int) -> subprocess.Popen:
+        run = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            checkpoints = [p for p in os.listdir(run_dir) if p.startswith("checkpoint_")] \
+                if os.path.isdir(run_dir) else []
+            if len(results.read_table(run_dir, "epochs")) >= n and checkpoints:
+                return run
+            assert run.poll() is None, run.stdout.read()
+            time.sleep(0.5)
+        raise AssertionError(f"the run never reached epoch {n}")
+
+    # Ctrl-C in a terminal (the whole process group): Ray Train's own handler aborts the run
+    first = start_and_wait_for_epochs(2)
+    os.killpg(first.pid, signal.SIGINT)
+    output, _ = first.communicate(timeout=300)
+    assert first.returncode == 130, output[-3000:]
+    assert output.strip().splitlines()[-1] == ("raygap: interrupted; run the same command again to resume where "
+                                               "it stopped")
+    interrupted = finished_at()
+
+    second = start_and_wait_for_epochs(len(interrupted) + 1)
+    os.killpg(second.pid, signal.SIGKILL)  # the driver and the Ray cluster it started
+    second.wait()
+    killed_at = time.time()
+
+    third = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    assert third.returncode == 0, third.stderr[-3000:]
     # Judged by the epochs table, not by the workers' progress lines (Ray forwards those asynchronously,
     # so a driver that ends quickly may not print them): the epochs of the last checkpoint keep the times
-    # they were first trained at, and at least the last one was trained by the second run.
-    after = results.read_table(run_dir, "epochs").set_index("epoch").finished_at
-    assert sorted(after.index) == list(range(1, 7))
-    assert after[1] == before[1], "epoch 1 was trained again: the run started over"
-    assert after[6] > killed_at, "the killed run had finished before the kill: nothing was resumed"
-    assert second.stdout.strip().splitlines()[-1] == f"{run_dir}/model.pt"
+    # they were first trained at, and at least the last one was trained by the third run.
+    after = finished_at()
+    assert sorted(after.index) == list(range(1, 9))
+    assert after[1] == interrupted[1], "epoch 1 was trained again: the run started over"
+    assert after[8] > killed_at, "the killed run had finished before the kill: nothing was resumed"
+    assert third.stdout.strip().splitlines()[-1] == f"{run_dir}/model.pt"
 
 
 def test_a_resumed_searchs_eta_is_paced_by_the_trials_this_driver_saw_end(tmp_path, capsys):
