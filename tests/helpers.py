@@ -88,8 +88,10 @@ BUCKET_ROOT = "s3://runs/raygap"  # the bucket the `s3` fixture makes
 
 
 def serve_s3(port: int, **env) -> subprocess.Popen:
-    """moto's S3 server on localhost: a real S3 endpoint (conditional writes included) for the tests."""
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+    """moto's S3 server on localhost: a real S3 endpoint (conditional writes included, atomic as S3's: see
+    moto_s3.py) for the tests."""
+    server = subprocess.Popen([sys.executable, str(Path(__file__).with_name("moto_s3.py")), "-H", "127.0.0.1",
+                               "-p", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, **env))
     wait_for_port(port, server, "moto's S3 server")
     return server
