@@ -48,15 +48,19 @@ def joins_existing_cluster() -> bool:
 
 
 @contextlib.contextmanager
-def signal_handlers_kept():
-    """Put back the SIGINT and SIGUSR1 handlers found, once the block ends. Ray Tune's fit() and Ray Train's
-    install their own in the main thread and leave them there (ray#37737, closed unfixed): after a search, the
-    next Ctrl-C of the process (a comparison's next arm, its evaluation) was only logged; after a Ray Train
-    run, Ray Train's handler (data_parallel_trainer.py) would abort a controller long gone, which it answers
-    with sys.exit(0): an interrupted comparison ending as if done."""
+def ctrl_c_stays_raygaps():
+    """Around Ray Tune's or Ray Train's fit(): Ctrl-C stays a KeyboardInterrupt, which raygap's commands answer
+    with how to resume. Both install their own SIGINT (and SIGUSR1) handler in the main thread and leave it
+    there (ray#37737, closed unfixed), so the handlers found are put back: after a search, the next Ctrl-C of
+    the process (a comparison's next arm, its evaluation) was only logged; after a Ray Train run, Ray Train's
+    handler (data_parallel_trainer.py) would abort a controller long gone, which it answers with sys.exit(0).
+    During a Ray Train run that handler aborts the run, then exits the driver (SystemExit(1) from the pending
+    ray.get, or 0 from the handler): an interruption, not a failure (a traceback) or a finished run (exit 0)."""
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGUSR1)}
     try:
         yield
+    except SystemExit:
+        raise KeyboardInterrupt from None
     finally:
         if threading.current_thread() is threading.main_thread():  # the only thread they install them from
             for sig, handler in handlers.items():
@@ -323,13 +327,8 @@ def execute(job: Job, *, callbacks: list | None = None, context=None) -> list:
                              worker_runtime_env={"env_vars": {k: v for k, v in os.environ.items()
                                                               if k.startswith("RAYGAP_")}}))
     try:
-        with signal_handlers_kept():
+        with ctrl_c_stays_raygaps():
             trainer.fit()
-    except SystemExit:
-        # Ray Train's Ctrl-C handler (installed by fit(), data_parallel_trainer.py) aborts the run, then
-        # exits the driver: SystemExit(1) from the pending ray.get, or 0 from the handler. An interruption,
-        # to be said with how to resume, not a failure (a traceback) or a run that finished (exit 0).
-        raise KeyboardInterrupt from None
     except WorkerGroupError as err:
         # A mistake of the user's raised on a worker (bad data, divergence) stays one clear line.
         cause = worker_error(err)

@@ -178,7 +178,7 @@ def _search(cfg, search: str, experiment: str, experiment_dir: str, resources) -
     faults.crash("before_trials")
     try:
         if tuner is not None:
-            with runner.signal_handlers_kept():
+            with runner.ctrl_c_stays_raygaps():
                 tuner.fit()
     except Exception as err:  # Tune wraps what a callback raised: find the storage error, if that was it
         cause = err
