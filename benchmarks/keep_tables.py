@@ -5,7 +5,8 @@ loss of its machine, and the tables that benchmarks/README.md quotes lie beside 
 - for an arm not evaluated yet, what lets it go on where it stopped rather than from its start: a search's
   Optuna study (raygap.tune goes on without Tune's state as a new Tune run over the same study, for the
   trials still to run) and the models of the trials it would evaluate now (its `final_eval.top_k` completed
-  trials by its objective); an untuned arm's trained model;
+  trials by its objective, and any trained trial whose row a lost driver left running); an untuned arm's
+  trained model;
 - the cached natural model the arms start from.
 
 Left behind: Tune's state, the checkpoints of trials in flight (they restart), the other trials' models (one
@@ -60,7 +61,11 @@ def resume_files(search: Path) -> list[Path] | None:
     if config["tune"]["scheduler"]["name"] == "pbt":
         return None
     finalists = results.finalist_candidates(trials, config["tune"]["objectives"][0], config["final_eval"]["top_k"])
-    models = [search / "runs" / trial_id / "model.pt" for trial_id in finalists.trial_id]
+    # A trial whose row still says running may have ended: Tune tells the study before raygap writes the row,
+    # and a driver lost in between leaves it so. The resumed search counts it completed from the study, so its
+    # model (written only once it trained every epoch) is kept too, in case it is the best.
+    unsettled = trials[trials.status == "running"]
+    models = [search / "runs" / trial_id / "model.pt" for trial_id in [*finalists.trial_id, *unsettled.trial_id]]
     return [path for path in [search / "optuna.journal", *models] if path.is_file()]
 
 

@@ -5,7 +5,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ import pytest
 import ray
 from nbclient import NotebookClient
 
-from raygap import analysis, faults, results
+from raygap import analysis, results
 from raygap.config import load
 from raygap.compare import own_space, plan
 from raygap.recorder import LOST
@@ -159,31 +158,26 @@ def test_a_short_comparison_searches_each_method_at_the_same_budget_on_the_same_
 @pytest.mark.slow
 def test_a_comparison_whose_machine_was_lost_mid_search_goes_on_from_what_keep_tables_kept(natural_digits, tmp_path):
     """The long real-data comparisons outlive their machines through keep_tables' copies: a search cut short
-    goes on from its study, its tables and the model of its best trial, in another storage folder."""
+    goes on from its study, its tables and the models it may evaluate, in another storage folder. The machine
+    is lost at the worst moment: a trial has ended and the study was told, but its row still says running."""
     lost, kept_copy = tmp_path / "lost", tmp_path / "kept"
     args = ["name=cut", "methods=[vaft,afd]", "untuned=[]", "tune.num_samples=3", "tune.max_concurrent=2",
             "train.epochs=1", "tune.scheduler.name=fifo", "final_eval.n=40", "final_eval.attacks=[clean,pgd20]",
             "eval.val_n=100"]
     command = [sys.executable, "-m", "raygap.compare", f"storage={lost}", f"pretrained={natural_digits[1]}", *args]
-    driver = subprocess.Popen(command, env=dict(os.environ, RAY_AUTH_MODE="disabled"), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
-    search, deadline = lost / "cut" / "vaft-tuned-seed0", time.time() + 600
-    while (trials := results.read_table(search, "trials")).empty or not (trials.status == "completed").any():
-        assert driver.poll() is None and time.time() < deadline, "the first search never completed a trial"
-        time.sleep(0.5)
-    faults.kill_session(driver.pid)  # the machine is lost: the driver, Ray and the trials at once
-    driver.wait()
+    driver = subprocess.run(command, env=dict(os.environ, RAY_AUTH_MODE="disabled", RAYGAP_TEST_CRASH="trial_ended"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, timeout=600)
+    assert driver.returncode == -9  # the driver, Ray and the trials at once
+    search = lost / "cut" / "vaft-tuned-seed0"
     before = results.read_table(search, "trials")
-    assert (before.status == "completed").sum() < 3  # cut short
+    assert not before.empty and (before.status == "running").all()
 
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "keep_tables.py"), str(lost), str(kept_copy)],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     kept = {str(p.relative_to(kept_copy)) for p in kept_copy.rglob("*") if p.is_file()}
-    done_before = before[before.status == "completed"].set_index("trial_id").kept_robust_acc
-    best = {f"cut/vaft-tuned-seed0/runs/{t}/model.pt" for t in done_before.index[done_before == done_before.max()]}
-    models = {p for p in kept if p.endswith(".pt")}  # final_eval.top_k=1: the best trial's model alone
-    assert len(models) == 1 and models <= best
+    models = {p for p in kept if p.endswith(".pt")}  # of the trials that had trained, whichever ended
+    assert models and models <= {f"cut/vaft-tuned-seed0/runs/{t}/model.pt" for t in before.trial_id}
     assert "cut/vaft-tuned-seed0/optuna.journal" in kept and not any("experiment_state" in p for p in kept)
 
     first = tmp_path / "first"
@@ -193,13 +187,15 @@ def test_a_comparison_whose_machine_was_lost_mid_search_goes_on_from_what_keep_t
     assert "of 3 trials are done; a new Tune run over the same study runs the other" in again.stdout
     trials = results.read_table(kept_copy / "cut" / "vaft-tuned-seed0", "trials")
     assert (trials.status == "completed").sum() == 3 and (trials[trials.status != "completed"].error == LOST).all()
-    assert trials.set_index("trial_id").kept_robust_acc[done_before.index].tolist() == done_before.tolist()
+    # the trial that ended as the machine was lost counts, with its model, as the study holds it
+    settled = trials[trials.trial_id.isin(before.trial_id) & (trials.status == "completed")]
+    assert len(settled) >= 1 and {f"cut/vaft-tuned-seed0/runs/{t}/model.pt" for t in settled.trial_id} <= models
     arms = results.read_table(kept_copy / "cut", "arms")
     assert list(arms.trials) == [3, 3]  # the same budget for both arms, the lost trial not counted
     # kept again over the first copy once evaluated: the model kept to go on is no longer needed there
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "keep_tables.py"), str(kept_copy), str(first)],
                           capture_output=True, text=True)
-    assert proc.returncode == 0 and "1 models no longer needed removed" in proc.stdout, proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "models no longer needed removed" in proc.stdout, proc.stdout + proc.stderr
     assert not list(first.rglob("*.pt")) and len(list(first.glob("cut/*/examples/*.parquet"))) == 2
 
 
