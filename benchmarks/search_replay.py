@@ -100,7 +100,7 @@ class Strategy:
     algorithm: str  # searcher.sampler's: random, tpe, gp, nsga2
     stopper: str  # none, asha (on robust accuracy), pareto (on robust and clean)
     sized: bool = False  # tune.startup_trials sized to the budget (startup_for), else Optuna's 10
-    multivariate: bool = False  # tune.multivariate (TPE)
+    multivariate: bool | None = None  # tune.multivariate (TPE); None: Optuna's default, joint for one objective
     cheap_first: bool = False  # multi-fidelity: each configuration trains at the cheap grid's fidelity first
 
 
@@ -114,7 +114,7 @@ STRATEGIES = [Strategy("random", "random", "none"), Strategy("TPE", "tpe", "none
               Strategy("TPE + ASHA", "tpe", "asha"), Strategy("NSGA-II + ASHA (robust)", "nsga2", "asha"),
               Strategy("NSGA-II + Pareto ASHA", "nsga2", "pareto"),
               Strategy("TPE, start-up sized", "tpe", "none", sized=True),
-              Strategy("TPE multivariate, start-up sized", "tpe", "none", sized=True, multivariate=True),
+              Strategy("TPE independent, start-up sized", "tpe", "none", sized=True, multivariate=False),
               Strategy("TPE, start-up sized + ASHA", "tpe", "asha", sized=True),
               Strategy("GP, start-up sized", "gp", "none", sized=True),
               Strategy("GP, start-up sized + ASHA", "gp", "asha", sized=True)]
@@ -124,11 +124,21 @@ CHEAP_FIRST = [Strategy("random, cheap attack first", "random", "none", cheap_fi
                Strategy("TPE, start-up sized, cheap attack first", "tpe", "none", sized=True, cheap_first=True)]
 
 
+def as_steps(space: dict) -> dict:
+    """The grid's numeric choices as ordered steps (the index of the value, an int), for a replay that models
+    the order of the values, as a sampler does over the real space's ranges; a categorical choice does not
+    know that 0.01 lies between 0.003 and 0.03. The grids' values are evenly spaced (in log for the rates)."""
+    return {k: {"type": "int", "low": 0, "high": len(d["values"]) - 1, "log": False}
+            if all(isinstance(v, (int, float)) for v in d["values"]) else d for k, d in space.items()}
+
+
 def replay(grid: Grid, strategy: Strategy, seed: int, budget: float, grace_period: int = 2,
-           reduction_factor: int = 2, choose=None, startup: int | None = None, cheap: Grid | None = None) -> list:
+           reduction_factor: int = 2, choose=None, startup: int | None = None, cheap: Grid | None = None,
+           ordered: bool = False) -> list:
     """One search until `budget` seconds are spent; returns [(seconds spent, best final robust, front)]
     after each trial. `choose(history)`, if given, picks the configuration instead of Optuna; `startup`
-    is the start-up of a strategy sized to the budget.
+    is the start-up of a strategy sized to the budget; `ordered`: the searcher sees the numeric choices as
+    ordered steps (as_steps).
 
     A strategy with `cheap_first` trains each configuration at the fidelity of `cheap` (the same
     configurations recorded with a cheaper training attack, say) and pays its whole curve; the
@@ -139,7 +149,8 @@ def replay(grid: Grid, strategy: Strategy, seed: int, budget: float, grace_perio
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     two = strategy.algorithm == "nsga2"
-    cfg = OmegaConf.create({"tune": {"algorithm": strategy.algorithm, "seed": seed, "space": grid.space,
+    searched = as_steps(grid.space) if ordered else grid.space
+    cfg = OmegaConf.create({"tune": {"algorithm": strategy.algorithm, "seed": seed, "space": searched,
                                      "objectives": [{}, {}] if two else [{}],
                                      "startup_trials": startup if strategy.sized else None,
                                      "multivariate": strategy.multivariate}})
@@ -152,8 +163,9 @@ def replay(grid: Grid, strategy: Strategy, seed: int, budget: float, grace_perio
         if trial is None:
             params = choose(out)
         else:
-            searcher.suggest(trial, grid.space)
-            params = trial.params
+            searcher.suggest(trial, searched)
+            params = {k: grid.space[k]["values"][v] if searched[k] is not grid.space[k] else v
+                      for k, v in trial.params.items()}
         curve = grid.curve(params)
         if strategy.cheap_first:
             cheap_curve = cheap.curve(params)
@@ -219,6 +231,9 @@ def main(argv=None):
     parser.add_argument("--budget-trials", type=float, default=8, help="the budget, in full trials' compute")
     parser.add_argument("--grace-period", type=int, default=2)
     parser.add_argument("--reduction-factor", type=int, default=2)
+    parser.add_argument("--ordered", action="store_true",
+                        help="the searchers see numeric choices as ordered steps, as they see the real space's "
+                             "ranges (the default: as categories, which is how the grid file lists them)")
     parser.add_argument("--plot", default="")
     parser.add_argument("--cheap", nargs="+", default=[],
                         help="the same configurations recorded at a cheaper fidelity (grids/*_pgd1.yaml): "
@@ -240,12 +255,13 @@ def main(argv=None):
     budget = args.budget_trials * full_trial
     startup = startup_for(args.budget_trials)
     curves = {s.name: [replay(grid, s, seed, budget, args.grace_period, args.reduction_factor, startup=startup,
-                              cheap=cheap) for seed in range(args.replays)] for s in strategies}
+                              cheap=cheap, ordered=args.ordered) for seed in range(args.replays)] for s in strategies}
     target = statistics.mean(at_budget(c, budget) for c in curves["random"])
     print(f"grid {' + '.join(args.grid)}: {len(grid.curves)} configurations x {grid.epochs} epochs, "
           f"best final robust accuracy {grid.best():.3f}; budget {args.budget_trials:g} full trials ({budget:.0f} s); "
           f"{args.replays} replays; rungs at {rungs(grid.epochs, args.grace_period, args.reduction_factor)}; "
-          f"a sized start-up is {startup} trials\n")
+          f"a sized start-up is {startup} trials; numeric choices searched as "
+          f"{'ordered steps' if args.ordered else 'categories'}\n")
     print(f"| strategy | trials run | best robust acc at the budget | compute to reach random's mean best "
           f"({target:.3f}) | hypervolume of the (robust, clean) front |")
     print("|---|---|---|---|---|")

@@ -250,7 +250,7 @@ def _validate_tune(cfg: DictConfig) -> None:
         _require(0 <= t.startup_trials <= t.num_samples, f"tune.startup_trials={t.startup_trials}",
                  f"must lie in [0, tune.num_samples={t.num_samples}]: more would make every trial a random one "
                  "(use tune.algorithm=random for that)")
-    _require(not t.multivariate or search_algorithm(cfg) == "tpe", "tune.multivariate",
+    _require(t.multivariate is None or search_algorithm(cfg) == "tpe", "tune.multivariate",
              f"is an option of tune.algorithm=tpe, not {search_algorithm(cfg)}")
     _require(all(v >= 0 for v in t.trial_resources.values()), "tune.trial_resources", "must be >= 0")
     _require(cfg.train.workers == 0 or any(v > 0 for v in t.trial_resources.values()), "tune.trial_resources",

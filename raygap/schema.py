@@ -180,7 +180,9 @@ class TuneConfig:
     # random trials before TPE or GP model the results; null: Optuna's 10, which a search of 10 trials or fewer
     # never leaves (benchmarks/README.md)
     startup_trials: Optional[int] = None
-    multivariate: bool = False  # TPE models the searched keys jointly, not each alone (Optuna's multivariate TPE)
+    # TPE models the searched keys jointly (true) or each alone (false); null: Optuna's default, which in
+    # Optuna 5.1 is jointly for one objective and each alone for several (TPESampler._is_multivariate)
+    multivariate: Optional[bool] = None
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     num_samples: int = 8
     max_concurrent: int = 2
@@ -256,7 +258,7 @@ def digest(node: Any, length: int = 10) -> str:
 # default, and is left out of the digest while it holds it, so the same command keeps finding (and
 # resuming) an experiment named, or a natural model cached, before the key existed (tests/test_written_before.py
 # pins such names and keys).
-LATER_KEYS = {"protocol": {"recipe": "", "model": ""}, "tune.startup_trials": None, "tune.multivariate": False,
+LATER_KEYS = {"protocol": {"recipe": "", "model": ""}, "tune.startup_trials": None, "tune.multivariate": None,
               "tune.scheduler.perturbation_interval": 2, "data.stream": "auto", "data.image_size": 0,
               "data.decode_cpus": 0.5, "data.decoders": 1}
 

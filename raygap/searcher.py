@@ -71,7 +71,7 @@ def sampler(cfg, told: int = 0):
     an earlier Tune run whose state is lost, added to the seed so that the new run does not draw them again."""
     t, seed = cfg.tune, cfg.tune.seed + told
     startup = {} if t.get("startup_trials") is None else {"n_startup_trials": t.startup_trials}
-    joint = {"multivariate": True} if t.get("multivariate") else {}  # Optuna warns that it is experimental
+    joint = {} if t.get("multivariate") is None else {"multivariate": bool(t.multivariate)}
     return {"tpe": lambda: optuna.samplers.TPESampler(seed=seed, **startup, **joint),
             "gp": lambda: optuna.samplers.GPSampler(seed=seed, **startup),
             "nsga2": lambda: PicklableNSGAIISampler(seed=seed),

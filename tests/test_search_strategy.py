@@ -171,6 +171,21 @@ def test_the_sampler_leaves_its_random_start_after_tune_startup_trials(tmp_path,
     assert draws([], 6) == random  # Optuna's default start-up: 10 random trials
 
 
+def test_tune_multivariate_says_whether_tpe_models_the_keys_jointly(tmp_path):
+    """Optuna 5's TPE is multivariate by default for one objective: left out, the key keeps that default;
+    false makes TPE sample each key alone, which draws differently once the start-up is over."""
+
+    def draws(*overrides: str) -> list:
+        cfg = config.load([f"storage={tmp_path}", "tune.algorithm=tpe", "tune.startup_trials=3", *overrides], "afd")
+        study = optuna.create_study(direction="maximize", sampler=searcher.sampler(cfg))
+        suggest = functools.partial(searcher.suggest, space=schema.as_dict(cfg.tune.space))
+        study.optimize(lambda trial: suggest(trial) or trial.params["train.lr"] * trial.params["attack.eps"], 8)
+        return [t.params for t in study.trials]
+
+    default, joint, alone = draws(), draws("tune.multivariate=true"), draws("tune.multivariate=false")
+    assert default == joint and alone[:3] == default[:3] and alone[3:] != default[3:]
+
+
 def test_a_resumed_searcher_drops_results_of_a_trial_the_study_has_finished(tmp_path):
     """The study is written at once, the searcher state only now and then: after a killed driver, Tune
     runs again a trial whose end the study holds, and its last epoch is reported again."""
