@@ -134,11 +134,12 @@ def as_steps(space: dict) -> dict:
 
 def replay(grid: Grid, strategy: Strategy, seed: int, budget: float, grace_period: int = 2,
            reduction_factor: int = 2, choose=None, startup: int | None = None, cheap: Grid | None = None,
-           ordered: bool = False) -> list:
+           ordered: bool = False, first: dict | None = None) -> list:
     """One search until `budget` seconds are spent; returns [(seconds spent, best final robust, front)]
     after each trial. `choose(history)`, if given, picks the configuration instead of Optuna; `startup`
     is the start-up of a strategy sized to the budget; `ordered`: the searcher sees the numeric choices as
-    ordered steps (as_steps).
+    ordered steps (as_steps); `first`: the configuration every search tries first, as raygap's searches try
+    their space's defaults (tune.try_defaults).
 
     A strategy with `cheap_first` trains each configuration at the fidelity of `cheap` (the same
     configurations recorded with a cheaper training attack, say) and pays its whole curve; the
@@ -155,6 +156,9 @@ def replay(grid: Grid, strategy: Strategy, seed: int, budget: float, grace_perio
                                      "startup_trials": startup if strategy.sized else None,
                                      "multivariate": strategy.multivariate}})
     study = optuna.create_study(directions=["maximize"] * (2 if two else 1), sampler=searcher.sampler(cfg))
+    if first:
+        study.enqueue_trial({k: grid.space[k]["values"].index(v) if searched[k] is not grid.space[k] else v
+                             for k, v in first.items()})
     at_rung = {r: [] for r in rungs(grid.epochs, grace_period, reduction_factor)}
     at_cheap = []  # the cheap runs' final robust accuracies (cheap_first)
     spent, best, completed, out = 0.0, 0.0, [], []
@@ -223,6 +227,19 @@ def rung_correlations(grid: Grid, grace_period: int, reduction_factor: int) -> d
             for r in rungs(grid.epochs, grace_period, reduction_factor)}
 
 
+def first_configuration(grid: Grid, items: list) -> dict:
+    """--first's KEY=VALUE items as one of the grid's configurations (empty: none)."""
+    try:
+        first = {key: float(value) for key, value in (item.split("=", 1) for item in items)}
+    except ValueError:
+        raise GridError(f"--first takes KEY=VALUE with a number, one per key of the grid, not {items}") from None
+    if first and set(first) != set(grid.space):
+        raise GridError(f"--first names {sorted(first)}: give one value of each of the grid's keys {list(grid.space)}")
+    if first:
+        grid.curve(first)  # one of the grid's configurations, or its error
+    return first
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("grid", nargs="+",
@@ -234,6 +251,9 @@ def main(argv=None):
     parser.add_argument("--ordered", action="store_true",
                         help="the searchers see numeric choices as ordered steps, as they see the real space's "
                              "ranges (the default: as categories, which is how the grid file lists them)")
+    parser.add_argument("--first", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="the configuration every search tries first, as raygap tries the space's defaults "
+                             "(tune.try_defaults): one value of each of the grid's keys")
     parser.add_argument("--plot", default="")
     parser.add_argument("--cheap", nargs="+", default=[],
                         help="the same configurations recorded at a cheaper fidelity (grids/*_pgd1.yaml): "
@@ -247,6 +267,7 @@ def main(argv=None):
                               for key in grid.curves)):
             raise GridError(f"{' + '.join(args.cheap)} does not hold every configuration of {' + '.join(args.grid)}: "
                             "record the cheap grid over the same space")
+        first = first_configuration(grid, args.first)
     except GridError as err:
         print(f"search_replay: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -255,13 +276,15 @@ def main(argv=None):
     budget = args.budget_trials * full_trial
     startup = startup_for(args.budget_trials)
     curves = {s.name: [replay(grid, s, seed, budget, args.grace_period, args.reduction_factor, startup=startup,
-                              cheap=cheap, ordered=args.ordered) for seed in range(args.replays)] for s in strategies}
+                              cheap=cheap, ordered=args.ordered, first=first) for seed in range(args.replays)]
+              for s in strategies}
     target = statistics.mean(at_budget(c, budget) for c in curves["random"])
     print(f"grid {' + '.join(args.grid)}: {len(grid.curves)} configurations x {grid.epochs} epochs, "
           f"best final robust accuracy {grid.best():.3f}; budget {args.budget_trials:g} full trials ({budget:.0f} s); "
           f"{args.replays} replays; rungs at {rungs(grid.epochs, args.grace_period, args.reduction_factor)}; "
           f"a sized start-up is {startup} trials; numeric choices searched as "
-          f"{'ordered steps' if args.ordered else 'categories'}\n")
+          f"{'ordered steps' if args.ordered else 'categories'}"
+          f"{'; every search tries ' + ' '.join(args.first) + ' first' if first else ''}\n")
     print(f"| strategy | trials run | best robust acc at the budget | compute to reach random's mean best "
           f"({target:.3f}) | hypervolume of the (robust, clean) front |")
     print("|---|---|---|---|---|")
