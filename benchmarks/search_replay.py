@@ -18,7 +18,8 @@ raygap's Pareto-aware rule (`stopping.pareto_keeps`). Trials run one at a time (
 
 Prints, per strategy: the best final robust validation accuracy of the completed trials within the
 budget (`--budget-trials` full trials' compute), mean and sd over the replays; the compute each needed
-to reach random search's best at that budget, as a fraction of the budget; and, per rung, the Spearman
+to reach random search's mean best at that budget, as a fraction of the budget, median over all the
+replays (one that never reached it counts as never), with how many reached it; and, per rung, the Spearman
 rank correlation between the robust accuracy there and at the last epoch over all configurations
 (how safe it is to stop on it). Plots best-so-far against compute.
 """
@@ -292,8 +293,11 @@ def main(argv=None):
     for s in strategies:
         reached = [at_budget(c, budget) for c in curves[s.name]]
         needed = [compute_to_reach(c, target) for c in curves[s.name]]
-        hit = sorted(n / budget for n in needed if n is not None)
-        median = f"{hit[len(hit) // 2]:.2f} of the budget" if len(hit) > len(needed) / 2 else "not reached in most"
+        # the median over every replay, one that never reached it counting as never (not the median of those
+        # that did: that would favour a strategy that reaches it rarely, and then early)
+        median = statistics.median(n / budget if n is not None else float("inf") for n in needed)
+        hit = [n for n in needed if n is not None]
+        median = f"{median:.2f} of the budget" if median < float("inf") else "not reached in most"
         fronts = [front_at_budget(c, budget) for c in curves[s.name]]
         print(f"| {s.name} | {statistics.mean(len(c) for c in curves[s.name]):.1f} | "
               f"{statistics.mean(reached):.3f} ± {statistics.stdev(reached):.3f} | "
