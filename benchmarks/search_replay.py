@@ -128,9 +128,10 @@ CHEAP_FIRST = [Strategy("random, cheap attack first", "random", "none", cheap_fi
 def as_steps(space: dict) -> dict:
     """The grid's numeric choices as ordered steps (the index of the value, an int), for a replay that models
     the order of the values, as a sampler does over the real space's ranges; a categorical choice does not
-    know that 0.01 lies between 0.003 and 0.03. The grids' values are evenly spaced (in log for the rates)."""
+    know that 0.01 lies between 0.003 and 0.03. Neighbouring values are then one step apart, as the grids'
+    roughly are (in log for the rates and decays)."""
     return {k: {"type": "int", "low": 0, "high": len(d["values"]) - 1, "log": False}
-            if all(isinstance(v, (int, float)) for v in d["values"]) else d for k, d in space.items()}
+            for k, d in space.items() if all(isinstance(v, (int, float)) for v in d["values"])}
 
 
 def replay(grid: Grid, strategy: Strategy, seed: int, budget: float, grace_period: int = 2,
@@ -151,15 +152,15 @@ def replay(grid: Grid, strategy: Strategy, seed: int, budget: float, grace_perio
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     two = strategy.algorithm == "nsga2"
-    searched = as_steps(grid.space) if ordered else grid.space
+    steps = as_steps(grid.space) if ordered else {}  # the keys the searcher sees as steps, not values
+    searched = {**grid.space, **steps}
     cfg = OmegaConf.create({"tune": {"algorithm": strategy.algorithm, "seed": seed, "space": searched,
                                      "objectives": [{}, {}] if two else [{}],
                                      "startup_trials": startup if strategy.sized else None,
                                      "multivariate": strategy.multivariate}})
     study = optuna.create_study(directions=["maximize"] * (2 if two else 1), sampler=searcher.sampler(cfg))
     if first:
-        study.enqueue_trial({k: grid.space[k]["values"].index(v) if searched[k] is not grid.space[k] else v
-                             for k, v in first.items()})
+        study.enqueue_trial({k: grid.space[k]["values"].index(v) if k in steps else v for k, v in first.items()})
     at_rung = {r: [] for r in rungs(grid.epochs, grace_period, reduction_factor)}
     at_cheap = []  # the cheap runs' final robust accuracies (cheap_first)
     spent, best, completed, out = 0.0, 0.0, [], []
@@ -169,8 +170,7 @@ def replay(grid: Grid, strategy: Strategy, seed: int, budget: float, grace_perio
             params = choose(out)
         else:
             searcher.suggest(trial, searched)
-            params = {k: grid.space[k]["values"][v] if searched[k] is not grid.space[k] else v
-                      for k, v in trial.params.items()}
+            params = {k: grid.space[k]["values"][v] if k in steps else v for k, v in trial.params.items()}
         curve = grid.curve(params)
         if strategy.cheap_first:
             cheap_curve = cheap.curve(params)
@@ -295,9 +295,9 @@ def main(argv=None):
         needed = [compute_to_reach(c, target) for c in curves[s.name]]
         # the median over every replay, one that never reached it counting as never (not the median of those
         # that did: that would favour a strategy that reaches it rarely, and then early)
-        median = statistics.median(n / budget if n is not None else float("inf") for n in needed)
+        share = statistics.median(n / budget if n is not None else float("inf") for n in needed)
         hit = [n for n in needed if n is not None]
-        median = f"{median:.2f} of the budget" if median < float("inf") else "not reached in most"
+        median = f"{share:.2f} of the budget" if share < float("inf") else "not reached in most"
         fronts = [front_at_budget(c, budget) for c in curves[s.name]]
         print(f"| {s.name} | {statistics.mean(len(c) for c in curves[s.name]):.1f} | "
               f"{statistics.mean(reached):.3f} ± {statistics.stdev(reached):.3f} | "

@@ -185,15 +185,18 @@ def test_a_recorded_grid_replays_deterministically_and_an_oracle_reaches_its_bes
     assert len(grid.curves) == 4 and grid.epochs == 2
     budget = 3 * sum(s for _, _, s in next(iter(grid.curves.values())))
     best_key = max(grid.curves, key=lambda k: grid.curves[k][-1][0])
+    worst_key = min(grid.curves, key=lambda k: grid.curves[k][-1][0])
     for strategy in replay.STRATEGIES:
         for ordered in (False, True):  # the numeric choices as categories, or as ordered steps
             first = replay.replay(grid, strategy, seed=1, budget=budget, grace_period=1, ordered=ordered)
             assert first == replay.replay(grid, strategy, seed=1, budget=budget, grace_period=1, ordered=ordered)
             assert max(best for _, best, _ in first) <= grid.best()
-        # every search tries the given configuration first, as raygap's try their defaults
-        best_first = replay.first_configuration(grid, [f"{k}={v}" for k, v in zip(grid.space, best_key)])
-        tried = replay.replay(grid, strategy, seed=1, budget=budget, ordered=True, first=best_first)
-        assert tried[0][1] == grid.best() or strategy.stopper != "none"
+        # every search tries the given configuration first, as raygap's try their defaults: the best one, then the
+        # worst (a search that ignored it would draw the same first configuration both times); no rung at 2 epochs
+        for key in (best_key, worst_key):
+            given = replay.first_configuration(grid, [f"{k}={v}" for k, v in zip(grid.space, key)])
+            tried = replay.replay(grid, strategy, seed=1, budget=budget, ordered=True, first=given)
+            assert tried[0][1] == grid.curves[key][-1][0]
     oracle = replay.replay(grid, replay.STRATEGIES[0], seed=0, budget=budget,
                            choose=lambda history: dict(zip(grid.space, best_key)))
     assert oracle[0][1] == grid.best()
