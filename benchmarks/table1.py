@@ -143,8 +143,10 @@ def departures(cfg, n: int) -> list[str]:
     if cfg.eval.n:
         out.append(f"AutoAttack and PGD-20 on the first {n} test images (the paper: all; eval.n=0)")
     out.append("PGD-20 takes steps of 2.5 eps / 20 from a uniform start (the paper: steps of 0.003)")
-    out.append("the natural start: 100 epochs of SGD lr 0.1, cosine, weight decay 5e-4 (the official "
-               "checkpoints' script is not public)")
+    out.append(f"the natural start: {cfg.pretrain.epochs} epochs of SGD lr 0.1, cosine, weight decay 5e-4 (the "
+               f"official checkpoints: 100 epochs, by a script that is not public)")
+    if cfg.train.epochs != 20:
+        out.append(f"fine-tuned for {cfg.train.epochs} epochs (the paper: 20), so the figures are not the paper's")
     out.append("ResNet-18's stem pads by 1 (the official by 0); the training attack's random start is "
                "clamped to [0, 1] (methods/afd.py lists the rest)")
     if cfg.data.train_n:
