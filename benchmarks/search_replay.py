@@ -105,9 +105,13 @@ class Strategy:
     cheap_first: bool = False  # multi-fidelity: each configuration trains at the cheap grid's fidelity first
 
 
+OPTUNA_STARTUP = 10  # TPESampler's and GPSampler's n_startup_trials when none is given
+
+
 def startup_for(budget_trials: float) -> int:
-    """A random start-up sized to the budget: a third of its full trials, at least 2 (Optuna's 10 is the
-    whole of a search of 10 trials or fewer, so its TPE is random search there)."""
+    """The replay's sized start-up: a third of the budget's full trials, at least 2. A replay knows its
+    compute, not how many trials it will start; raygap's searches know tune.num_samples, and size it at a
+    quarter of those (searcher.sized_startup), about the same under ASHA."""
     return max(2, int(budget_trials // 3))
 
 
@@ -156,7 +160,7 @@ def replay(grid: Grid, strategy: Strategy, seed: int, budget: float, grace_perio
     searched = {**grid.space, **steps}
     cfg = OmegaConf.create({"tune": {"algorithm": strategy.algorithm, "seed": seed, "space": searched,
                                      "objectives": [{}, {}] if two else [{}],
-                                     "startup_trials": startup if strategy.sized else None,
+                                     "startup_trials": startup if strategy.sized else OPTUNA_STARTUP,
                                      "multivariate": strategy.multivariate}})
     study = optuna.create_study(directions=["maximize"] * (2 if two else 1), sampler=searcher.sampler(cfg))
     if first:
@@ -255,11 +259,18 @@ def main(argv=None):
     parser.add_argument("--first", nargs="+", default=[], metavar="KEY=VALUE",
                         help="the configuration every search tries first, as raygap tries the space's defaults "
                              "(tune.try_defaults): one value of each of the grid's keys")
+    parser.add_argument("--startup", type=int, default=None,
+                        help="the sized start-up, in trials (default: a third of --budget-trials, at least 2)")
+    parser.add_argument("--only", nargs="+", default=[], metavar="NAME",
+                        help="replay only these strategies (and random, the yardstick), by name")
     parser.add_argument("--plot", default="")
     parser.add_argument("--cheap", nargs="+", default=[],
                         help="the same configurations recorded at a cheaper fidelity (grids/*_pgd1.yaml): "
                              "also replay the multi-fidelity strategies that train there first")
     args = parser.parse_args(argv)
+    names = [s.name for s in STRATEGIES + CHEAP_FIRST]
+    if set(args.only) - set(names):
+        parser.error(f"--only names no strategy {sorted(set(args.only) - set(names))}; the strategies: {names}")
     try:
         grid = load_grid(*args.grid)
         cheap = load_grid(*args.cheap) if args.cheap else None
@@ -272,10 +283,11 @@ def main(argv=None):
     except GridError as err:
         print(f"search_replay: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    strategies = STRATEGIES + (CHEAP_FIRST if cheap else [])
+    strategies = [s for s in STRATEGIES + (CHEAP_FIRST if cheap else [])
+                  if not args.only or s.name in args.only or s.name == "random"]
     full_trial = statistics.mean(sum(s for _, _, s in c) for c in grid.curves.values())
     budget = args.budget_trials * full_trial
-    startup = startup_for(args.budget_trials)
+    startup = args.startup if args.startup is not None else startup_for(args.budget_trials)
     curves = {s.name: [replay(grid, s, seed, budget, args.grace_period, args.reduction_factor, startup=startup,
                               cheap=cheap, ordered=args.ordered, first=first) for seed in range(args.replays)]
               for s in strategies}

@@ -175,10 +175,12 @@ class TuneConfig:
     space: Dict[str, Distribution] = field(default_factory=dict)
     objectives: List[ObjectiveConfig] = field(default_factory=lambda: [ObjectiveConfig()])
     # tpe, nsga2, gp (Optuna's Gaussian-process sampler), random, or grid (every combination of the choices,
-    # once); auto: TPE for one objective, NSGA-II for several
+    # once); auto: GP for one objective (with a start-up sized to the search and ASHA, the strategy that reached
+    # random search's best soonest on the replayed CIFAR-10 and digits grids: benchmarks/README.md), NSGA-II for
+    # several
     algorithm: Algorithm = Algorithm.auto
-    # random trials before TPE or GP model the results; null: Optuna's 10, which a search of 10 trials or fewer
-    # never leaves (benchmarks/README.md)
+    # random trials before TPE or GP model the results; null: a quarter of tune.num_samples, at least 2
+    # (searcher.sized_startup; Optuna's own 10 is the whole of a search of 10 trials or fewer)
     startup_trials: Optional[int] = None
     # TPE models the searched keys jointly (true) or each alone (false); null: Optuna's default, which in
     # Optuna 5.1 is jointly for one objective and each alone for several (TPESampler._is_multivariate)
@@ -281,9 +283,9 @@ def name_digest(cfg: DictConfig) -> str:
 
 
 def search_algorithm(cfg) -> str:
-    """tune.algorithm with auto resolved: TPE for one objective, NSGA-II for several."""
+    """tune.algorithm with auto resolved: GP for one objective, NSGA-II for several."""
     t = cfg.tune
-    return str(t.algorithm) if t.algorithm != "auto" else ("tpe" if len(t.objectives) == 1 else "nsga2")
+    return str(t.algorithm) if t.algorithm != "auto" else ("gp" if len(t.objectives) == 1 else "nsga2")
 
 
 def as_dict(cfg: DictConfig) -> dict:

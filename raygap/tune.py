@@ -1,6 +1,6 @@
 """The search: `python -m raygap.tune [search=<name>] [overrides]`.
 
-Ray Tune runs trials suggested by Optuna (seeded TPE; NSGA-II for several objectives), stops poor ones
+Ray Tune runs trials suggested by Optuna (seeded GP; NSGA-II for several objectives), stops poor ones
 early with ASHA on the per-epoch robust validation accuracy, and trains each trial from the cached
 natural model, as a Ray Train run of train.workers workers or, with train.workers=0, in the trial's own
 process. Every epoch and every trial goes to Parquet as results arrive, the Optuna study to its

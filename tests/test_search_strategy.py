@@ -155,34 +155,42 @@ def test_bad_search_strategies_are_refused(tmp_path, space, overrides, message):
 @pytest.mark.parametrize("algorithm", ["tpe", "gp"])
 def test_the_sampler_leaves_its_random_start_after_tune_startup_trials(tmp_path, algorithm):
     """The first startup_trials trials of TPE and GP are their random sampler's (the same draws as Optuna's
-    RandomSampler with the seed); the next one is modelled, so it differs. Without the key: Optuna's 10."""
+    RandomSampler with the seed); the next one is modelled, so it differs. Without the key: a quarter of
+    tune.num_samples, at least 2 (not Optuna's 10, which would make a search of 10 trials random search)."""
+    random = draws(tmp_path, [f"tune.algorithm={algorithm}"], 6, random=True)
+    given = draws(tmp_path, [f"tune.algorithm={algorithm}", "tune.startup_trials=3"], 6)
+    assert given[:3] == random[:3] and given[3] != random[3]
+    sized = draws(tmp_path, [f"tune.algorithm={algorithm}", "tune.num_samples=16"], 6)  # a quarter: 4
+    assert sized[:4] == random[:4] and sized[4] != random[4]
+    smallest = draws(tmp_path, [f"tune.algorithm={algorithm}", "tune.num_samples=7"], 6)  # at least 2
+    assert smallest[:2] == random[:2] and smallest[2] != random[2]
 
-    def draws(overrides: list, n: int, random: bool = False) -> list:
-        cfg = config.load([f"storage={tmp_path}", f"tune.algorithm={algorithm}", *overrides], "afd")
-        sampler = optuna.samplers.RandomSampler(seed=cfg.tune.seed) if random else searcher.sampler(cfg)
-        study = optuna.create_study(direction="maximize", sampler=sampler)
-        suggest = functools.partial(searcher.suggest, space=schema.as_dict(cfg.tune.space))
-        study.optimize(lambda trial: suggest(trial) or trial.params["train.lr"] * trial.params["attack.eps"], n)
-        return [t.params for t in study.trials]
 
-    random = draws([], 6, random=True)
-    sized = draws(["tune.startup_trials=3"], 6)
-    assert sized[:3] == random[:3] and sized[3] != random[3]
-    assert draws([], 6) == random  # Optuna's default start-up: 10 random trials
+def test_a_search_of_one_objective_is_gp_with_a_sized_start_up_unless_told_otherwise(tmp_path):
+    """tune.algorithm=auto is Optuna's GP for one objective (benchmarks/README.md says why), started by a
+    quarter of the trials: its draws are GP's, not TPE's."""
+    auto, gp, tpe = (draws(tmp_path, overrides, 6) for overrides in ([], ["tune.algorithm=gp"], ["tune.algorithm=tpe"]))
+    assert auto == gp and auto[2:] != tpe[2:]
+
+
+def draws(tmp_path, overrides: list, n: int, random: bool = False) -> list:
+    """The first n configurations the searcher of the afd space asks for, on a made-up objective."""
+    cfg = config.load([f"storage={tmp_path}", *overrides], "afd")
+    sampler = optuna.samplers.RandomSampler(seed=cfg.tune.seed) if random else searcher.sampler(cfg)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    suggest = functools.partial(searcher.suggest, space=schema.as_dict(cfg.tune.space))
+    study.optimize(lambda trial: suggest(trial) or trial.params["train.lr"] * trial.params["attack.eps"], n)
+    return [t.params for t in study.trials]
 
 
 def test_tune_multivariate_says_whether_tpe_models_the_keys_jointly(tmp_path):
     """Optuna 5's TPE is multivariate by default for one objective: left out, the key keeps that default;
     false makes TPE sample each key alone, which draws differently once the start-up is over."""
 
-    def draws(*overrides: str) -> list:
-        cfg = config.load([f"storage={tmp_path}", "tune.algorithm=tpe", "tune.startup_trials=3", *overrides], "afd")
-        study = optuna.create_study(direction="maximize", sampler=searcher.sampler(cfg))
-        suggest = functools.partial(searcher.suggest, space=schema.as_dict(cfg.tune.space))
-        study.optimize(lambda trial: suggest(trial) or trial.params["train.lr"] * trial.params["attack.eps"], 8)
-        return [t.params for t in study.trials]
+    def tpe(*overrides: str) -> list:
+        return draws(tmp_path, ["tune.algorithm=tpe", "tune.startup_trials=3", *overrides], 8)
 
-    default, joint, alone = draws(), draws("tune.multivariate=true"), draws("tune.multivariate=false")
+    default, joint, alone = tpe(), tpe("tune.multivariate=true"), tpe("tune.multivariate=false")
     assert default == joint and alone[:3] == default[:3] and alone[3:] != default[3:]
 
 
