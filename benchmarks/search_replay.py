@@ -126,7 +126,8 @@ STRATEGIES = [Strategy("random", "random", "none"), Strategy("TPE", "tpe", "none
 # Multi-fidelity with a cheaper attack as the low fidelity (Mendes, Romano and Garlan, arXiv 2304.02497):
 # replayed only when a grid of the same configurations at that fidelity is given (--cheap)
 CHEAP_FIRST = [Strategy("random, cheap attack first", "random", "none", cheap_first=True),
-               Strategy("TPE, start-up sized, cheap attack first", "tpe", "none", sized=True, cheap_first=True)]
+               Strategy("TPE, start-up sized, cheap attack first", "tpe", "none", sized=True, cheap_first=True),
+               Strategy("GP, start-up sized, cheap attack first", "gp", "none", sized=True, cheap_first=True)]
 
 
 def as_steps(space: dict) -> dict:
@@ -139,11 +140,11 @@ def as_steps(space: dict) -> dict:
 
 
 def replay(grid: Grid, strategy: Strategy, seed: int, budget: float, grace_period: int = 2,
-           reduction_factor: int = 2, choose=None, startup: int | None = None, cheap: Grid | None = None,
+           reduction_factor: int = 2, choose=None, startup: int = 2, cheap: Grid | None = None,
            ordered: bool = False, first: dict | None = None) -> list:
     """One search until `budget` seconds are spent; returns [(seconds spent, best final robust, front)]
     after each trial. `choose(history)`, if given, picks the configuration instead of Optuna; `startup`
-    is the start-up of a strategy sized to the budget; `ordered`: the searcher sees the numeric choices as
+    is the start-up of a strategy sized to the budget (main: startup_for; 2, the least, by default); `ordered`: the searcher sees the numeric choices as
     ordered steps (as_steps); `first`: the configuration every search tries first, as raygap's searches try
     their space's defaults (tune.try_defaults).
 
