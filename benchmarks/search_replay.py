@@ -144,9 +144,9 @@ def replay(grid: Grid, strategy: Strategy, seed: int, budget: float, grace_perio
            ordered: bool = False, first: dict | None = None) -> list:
     """One search until `budget` seconds are spent; returns [(seconds spent, best final robust, front)]
     after each trial. `choose(history)`, if given, picks the configuration instead of Optuna; `startup`
-    is the start-up of a strategy sized to the budget (main: startup_for; 2, the least, by default); `ordered`: the searcher sees the numeric choices as
-    ordered steps (as_steps); `first`: the configuration every search tries first, as raygap's searches try
-    their space's defaults (tune.try_defaults).
+    is the start-up of a strategy sized to the budget (main: startup_for; by default 2, the least);
+    `ordered`: the searcher sees the numeric choices as ordered steps (as_steps); `first`: the configuration
+    every search tries first, as raygap's searches try their space's defaults (tune.try_defaults).
 
     A strategy with `cheap_first` trains each configuration at the fidelity of `cheap` (the same
     configurations recorded with a cheaper training attack, say) and pays its whole curve; the
