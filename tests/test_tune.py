@@ -239,6 +239,13 @@ def test_a_recorded_grid_replays_deterministically_and_an_oracle_reaches_its_bes
     with pytest.raises(SystemExit) as refused:
         replay.main([str(tmp_path / "nowhere")])
     assert refused.value.code == 2
+    # --only replays the named strategies beside random, the yardstick; a name it does not know is refused
+    only = replay.main([str(tmp_path / "grid"), "--replays", "2", "--budget-trials", "2", "--startup", "3",
+                        "--only", "GP, start-up sized + ASHA"])
+    assert [name for name, _, _ in only] == ["random", "GP, start-up sized + ASHA"]
+    with pytest.raises(SystemExit) as refused:
+        replay.main([str(tmp_path / "grid"), "--only", "GP"])
+    assert refused.value.code == 2
 
 
 def test_each_trial_of_the_search_is_an_mlflow_run_read_back_with_mlflow_s_client(small_search):
