@@ -269,7 +269,8 @@ def main(argv=None):
                         help="the same configurations recorded at a cheaper fidelity (grids/*_pgd1.yaml): "
                              "also replay the multi-fidelity strategies that train there first")
     args = parser.parse_args(argv)
-    names = [s.name for s in STRATEGIES + CHEAP_FIRST]
+    available = STRATEGIES + (CHEAP_FIRST if args.cheap else [])  # the cheap-first ones need --cheap
+    names = [s.name for s in available]
     if set(args.only) - set(names):
         parser.error(f"--only names no strategy {sorted(set(args.only) - set(names))}; the strategies: {names}")
     try:
@@ -284,8 +285,7 @@ def main(argv=None):
     except GridError as err:
         print(f"search_replay: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    strategies = [s for s in STRATEGIES + (CHEAP_FIRST if cheap else [])
-                  if not args.only or s.name in args.only or s.name == "random"]
+    strategies = [s for s in available if not args.only or s.name in args.only or s.name == "random"]
     full_trial = statistics.mean(sum(s for _, _, s in c) for c in grid.curves.values())
     budget = args.budget_trials * full_trial
     startup = args.startup if args.startup is not None else startup_for(args.budget_trials)

@@ -246,6 +246,9 @@ def test_a_recorded_grid_replays_deterministically_and_an_oracle_reaches_its_bes
     with pytest.raises(SystemExit) as refused:
         replay.main([str(tmp_path / "grid"), "--only", "GP"])
     assert refused.value.code == 2
+    with pytest.raises(SystemExit) as refused:  # a cheap-first strategy without the cheap grid it needs
+        replay.main([str(tmp_path / "grid"), "--only", replay.CHEAP_FIRST[-1].name])
+    assert refused.value.code == 2
 
 
 def test_each_trial_of_the_search_is_an_mlflow_run_read_back_with_mlflow_s_client(small_search):
