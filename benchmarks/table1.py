@@ -15,6 +15,10 @@ once (`--parallel`, default 3 on a GPU, 1 on a CPU): at the batch of 128 one run
 idle (benchmarks/README.md). AutoAttack runs on the first 1,000 test images (eval.n=0: all, as the
 paper). Every departure that remains is printed under the table. Re-running the same command resumes:
 finished runs and evaluations are read back. Writes the table to <storage>/table1-<data>.md.
+
+`--stop-after natural|train` ends after the natural start, or after the fine-tuning (before any evaluation):
+a GPU lease too short for the whole protocol runs it in parts, the storage carried from one to the next
+(the natural start is `pretrained/<key>/model.pt`, a fine-tuned run `table1-<data>-<method>/model.pt`).
 """
 
 from __future__ import annotations
@@ -58,6 +62,8 @@ def main(argv=None):
                         help="a CPU smoke run: 1 epoch each on 8 images, PGD-1, FGSM on 4")
     parser.add_argument("--parallel", type=int, default=len(METHODS) if torch.cuda.is_available() else 1,
                         help="methods trained and evaluated at once, each in its own process")
+    parser.add_argument("--stop-after", choices=("natural", "train"),
+                        help="end after the natural start, or after fine-tuning, before evaluating")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data=cifar100 data.root=~/data")
     args = parser.parse_args(argv)
 
@@ -72,6 +78,8 @@ def main(argv=None):
         natural = runner.natural_model(cfg)["checkpoint"]
     except UserError as err:
         raise SystemExit(f"raygap: error: {err}") from None
+    if args.stop_after == "natural":
+        return None
     # Each method's overrides and evaluation file are made here: Hydra's composition is global state, not
     # for threads; the threads only start processes and read files.
     jobs, eval_name = [], f"eval-n{cfg.eval.n}-{'-'.join(cfg.eval.attacks)}.json"
@@ -80,7 +88,9 @@ def main(argv=None):
         overrides += ["method.beta=6"] if method == "trades" else []
         jobs.append((method, overrides, eval_name))
     with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
-        results = list(pool.map(lambda job: fine_tune_and_evaluate(*job), jobs))
+        results = list(pool.map(lambda job: fine_tune_and_evaluate(*job, evaluate=args.stop_after is None), jobs))
+    if args.stop_after == "train":
+        return None
     rows = list(zip(METHODS, *zip(*results)))
     text = table(rows, cfg, DATA[data], args.smoke)
     storage.write_bytes(storage.join(args.storage, f"table1-{data}.md"), text.encode())
@@ -88,10 +98,12 @@ def main(argv=None):
     return rows
 
 
-def fine_tune_and_evaluate(method: str, overrides: list, eval_name: str) -> tuple:
+def fine_tune_and_evaluate(method: str, overrides: list, eval_name: str, evaluate: bool = True) -> tuple | None:
     """(the evaluation JSON, the fine-tuning's seconds) of one method, from its own processes; a
     finished run and its evaluation (named by what it measured) are read back rather than redone."""
     checkpoint = _run(method, "train", overrides)
+    if not evaluate:
+        return None
     out = checkpoint.rsplit("/", 1)[0] + "/" + eval_name
     if not storage.exists(out):
         _run(method, "evaluate", overrides + [f"checkpoint={checkpoint}", f"eval.out={out}"])
