@@ -18,7 +18,8 @@ finished runs and evaluations are read back. Writes the table to <storage>/table
 
 `--stop-after natural|train` ends after the natural start, or after the fine-tuning (before any evaluation):
 a GPU lease too short for the whole protocol runs it in parts, the storage carried from one to the next
-(the natural start is `pretrained/<key>/model.pt`, a fine-tuned run `table1-<data>-<method>/model.pt`).
+(the natural start is `pretrained/<key>/model.pt`, a fine-tuned run `table1-<data>-<method>/model.pt`);
+`--methods afd` trains and evaluates only those, and writes the table of those.
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ def main(argv=None):
                         help="a CPU smoke run: 1 epoch each on 8 images, PGD-1, FGSM on 4")
     parser.add_argument("--parallel", type=int, default=len(METHODS) if torch.cuda.is_available() else 1,
                         help="methods trained and evaluated at once, each in its own process")
+    parser.add_argument("--methods", type=methods_list, default=METHODS,
+                        help="which of afd,vaft,trades to train and evaluate (default: all three)")
     parser.add_argument("--stop-after", choices=("natural", "train"),
                         help="end after the natural start, or after fine-tuning, before evaluating")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data=cifar100 data.root=~/data")
@@ -83,7 +86,7 @@ def main(argv=None):
     # Each method's overrides and evaluation file are made here: Hydra's composition is global state, not
     # for threads; the threads only start processes and read files.
     jobs, eval_name = [], f"eval-n{cfg.eval.n}-{'-'.join(cfg.eval.attacks)}.json"
-    for method in METHODS:
+    for method in args.methods:
         overrides = base + [f"method={method}", f"pretrained={natural}", f"name=table1-{data}-{method}"]
         overrides += ["method.beta=6"] if method == "trades" else []
         jobs.append((method, overrides, eval_name))
@@ -91,11 +94,18 @@ def main(argv=None):
         results = list(pool.map(lambda job: fine_tune_and_evaluate(*job, evaluate=args.stop_after is None), jobs))
     if args.stop_after == "train":
         return None
-    rows = list(zip(METHODS, *zip(*results)))
+    rows = list(zip(args.methods, *zip(*results)))
     text = table(rows, cfg, DATA[data], args.smoke)
     storage.write_bytes(storage.join(args.storage, f"table1-{data}.md"), text.encode())
     print(text)
     return rows
+
+
+def methods_list(text: str) -> tuple:
+    chosen = tuple(dict.fromkeys(m.strip() for m in text.split(",")))
+    if not chosen or not set(chosen) <= set(METHODS):
+        raise argparse.ArgumentTypeError(f"'{text}': name some of {','.join(METHODS)}")
+    return chosen
 
 
 def fine_tune_and_evaluate(method: str, overrides: list, eval_name: str, evaluate: bool = True) -> tuple | None:

@@ -9,8 +9,12 @@
 #   lease 2: load pretrained             (carry .gpu/stage/t1/pretrained alone: with the data it exceeds 64 MiB)
 #            train                       AFD, vAFT and TRADES fine-tuned at once, then the AFD model returned
 #            return vaft; return trades  the other two, one a call; unpack them into .gpu/stage too
-#   lease 3: load pretrained; load afd; load vaft; load trades; evaluate    clean, PGD-20, AutoAttack: the table
+#   lease 3: load pretrained; load afd; load vaft; evaluate afd; evaluate vaft
+#            unpack each returned evaluations.tar into .gpu/stage/t1 (tar -xf evaluations.tar -C .gpu/stage/t1)
+#   lease 4: load pretrained; load afd; load vaft; load trades; evaluate trades; evaluate    (prints the table)
 #
+# Evaluation runs in strict fp32 (no TF32), so one model's AutoAttack takes minutes (benchmarks/README.md):
+# one model a call keeps each call inside the 10 minutes a call may run; what a call finished is kept.
 # TABLE1_ARGS passes more to table1.py (a CPU check: PY=python OUT=/tmp/out TABLE1_ARGS=--smoke ...).
 set -u -o pipefail
 export PYTHONUNBUFFERED=1 RAY_AUTH_MODE=disabled PYTHONPATH=$PWD:$PWD/.gpu/site
@@ -37,13 +41,13 @@ ship() {  # one run folder back, without its training state, in parts under the 
 }
 folder() { [ "$1" = pretrained ] && echo pretrained || echo "table1-$DATA-$1"; }
 
-part=${1:?"say which part: natural, load NAME, train, return NAME or evaluate"}
+part=${1:?"say which part: natural, load NAME, train, return NAME or evaluate [NAME]"}
 case $part in
     natural) prepare && table1 --stop-after natural && ship pretrained ;;
     load) mkdir -p $STORE && cp -r "$STAGE/t1/$(folder "$2")" $STORE/ && du -sh $STORE/* ;;
     train) prepare && table1 --stop-after train && ship "$(folder afd)" ;;
     return) ship "$(folder "$2")" ;;
-    evaluate) prepare && table1 && cp $STORE/table1-$DATA.md "$OUT/" \
+    evaluate) prepare && table1 ${2:+--methods "$2"} && cp $STORE/table1-$DATA.md "$OUT/" \
         && (cd $STORE && tar -cf "$OUT/evaluations.tar" --exclude=model.pt --exclude=state.pt .) ;;
-    *) echo "table1_parts.sh: unknown part '$part': say natural, load NAME, train, return NAME or evaluate" >&2; exit 2 ;;
+    *) echo "table1_parts.sh: unknown part '$part': say natural, load NAME, train, return NAME or evaluate [NAME]" >&2; exit 2 ;;
 esac

@@ -87,6 +87,11 @@ def test_the_paper_protocol_runs_end_to_end_on_each_of_its_data_sets(tmp_path, l
         assert [p.parent.parent.name for p in results.glob("*/*/model.pt")] == ["pretrained"]
         assert benchmark("table1").main(argv + ["--stop-after", "train"]) is None
         assert len(list(results.glob("table1-*/model.pt"))) == 3 and not list(results.glob("*/eval-*.json"))
+        assert [row[0] for row in benchmark("table1").main(argv + ["--methods", "vaft"])] == ["vaft"]
+        assert [p.parent.name for p in results.glob("*/eval-*.json")] == [f"table1-{layout}-vaft"]
+        with pytest.raises(SystemExit) as refused:
+            benchmark("table1").main(argv + ["--methods", "vaft,pgd"])
+        assert refused.value.code == 2
     rows = benchmark("table1").main(argv)
     assert [method for method, _, _ in rows] == ["afd", "vaft", "trades"]
     for method, result, seconds in rows:
