@@ -4,14 +4,14 @@
 # travel as tar parts of 15 MiB, each returned into .gpu/parts here (ignored) and carried back a few a call.
 # On the GPU machine the storage lives in /tmp/t1 while a lease lasts. Run from the checkout there, with
 # .gpu/ holding the CIFAR-10 tarball, commit and, in .gpu/site, the pure-Python packages the GPU machine
-# lacks (benchmarks/README.md); each line is one call of the lease:
+# lacks (benchmarks/README.md). The calls of each lease, in order:
 #
 #   lease 1: natural                    100 natural epochs; returns pretrained.tar.*
 #   lease 2: load (x2)                  pretrained.tar.* carried, two parts a call beside the checkout
 #            train                      AFD, vAFT and TRADES fine-tuned at once; returns AFD's run
 #            return vaft; return trades the other two, one a call
-#   lease 3: load (x6); evaluate afd; evaluate vaft      pretrained, afd and vaft carried; returns evaluations-*
-#   lease 4: load (x9); evaluate trades; evaluate        every run and evaluation carried; prints the table
+#   lease 3: load (x5); evaluate afd; evaluate vaft      pretrained, afd and vaft carried; returns evaluations-*
+#   lease 4: load (x7); evaluate trades; evaluate        every run and evaluation carried; prints the table
 #
 # Evaluation runs in strict fp32 (no TF32), so one model's AutoAttack takes minutes (benchmarks/README.md):
 # one model a call keeps each call inside the 10 minutes a call may run; what a call finished is kept.
