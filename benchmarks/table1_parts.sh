@@ -39,17 +39,22 @@ table1() {  # table1.py on this storage, timed, its output in $OUT/<part>.log
     echo "$part wall seconds: $((SECONDS - start))" | tee -a "$OUT/$part.log"
     return $rc
 }
-ship() {  # $2 (folders of the storage) back as $1.tar.*, without training state, in parts under the 16 MiB
-    (cd $STORE && tar -cf - --exclude=state.pt "${@:3}" "${@:2:1}") | split -b 15m -d - "$OUT/$1.tar."
+ship() {  # ship NAME FOLDER [tar options]: FOLDER of the storage back as NAME.tar.*, without training state,
+          # in parts under the 16 MiB a returned file may have
+    local name=$1 folder=$2
+    shift 2
+    (cd $STORE && tar -cf - --exclude=state.pt "$@" "$folder") | split -b 15m -d - "$OUT/$name.tar."
 }
 
-part=${1:?"say which part: natural, load, train, return NAME or evaluate [NAME]"}
+usage="say natural, load, train, return vaft|trades or evaluate [afd|vaft|trades]"
+part=${1:-}
 case $part in
     natural) prepare && table1 --stop-after natural && ship pretrained pretrained ;;
     load) mkdir -p /tmp/parts && cp $PARTS/*.tar.* /tmp/parts/ && ls /tmp/parts ;;
     train) prepare && table1 --stop-after train && ship afd "table1-$DATA-afd" ;;
-    return) ship "$2" "table1-$DATA-$2" ;;
+    return) [ -n "${2:-}" ] || { echo "table1_parts.sh: return which run? $usage" >&2; exit 2; }
+        ship "$2" "table1-$DATA-$2" ;;
     evaluate) prepare && table1 ${2:+--methods "$2"} && cp $STORE/table1-$DATA.md "$OUT/" \
         && ship "evaluations-${2:-all}" . --exclude=model.pt ;;
-    *) echo "table1_parts.sh: unknown part '$part': say natural, load, train, return NAME or evaluate [NAME]" >&2; exit 2 ;;
+    *) echo "table1_parts.sh: unknown part '$part': $usage" >&2; exit 2 ;;
 esac
