@@ -11,17 +11,19 @@ MO-ASHA (Schmucker et al., 2021: successive halving on non-dominated ranks).
 PBT (Jaderberg et al., 2017; Ray's `PopulationBasedTraining`, asynchronous as Ray runs it by default): every
 perturbation_interval epochs of its own, a trial of the bottom quarter takes the state of one of the top
 quarter (exploit) and goes on with that trial's searched values perturbed (explore: x0.8 or x1.2, or
-resampled with probability 0.25), so a trial's learning rate and training epsilon may change during
-training: a schedule found, not written. Asynchronous, so a parent may be ahead of or behind the trial it
-replaces: runner.PopulationContext keeps the trial's own epochs up to the parent's. Its random draws come
-from a generator seeded with tune.seed (SeededPBT). (Synchronous PBT,
-which waits for the whole population at each perturbation, hung when a killed search was resumed: its
-paused trials were never resumed by the restored scheduler.)
+resampled with probability 0.25; a product outside the space is brought back to its bound, where Ray would
+leave it: within_bounds), so a trial's learning rate and training epsilon may change during training: a
+schedule found, not written. Asynchronous, so a parent may be ahead of or behind the trial it replaces:
+runner.PopulationContext keeps the trial's own epochs up to the parent's. Its random draws come from a
+generator seeded with tune.seed (SeededPBT). (Synchronous PBT, which waits for the whole population at each
+perturbation, hung when a killed search was resumed: its paused trials were never resumed by the restored
+scheduler.)
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import random
 
@@ -115,12 +117,24 @@ class SeededPBT(PopulationBasedTraining):
             return super().on_trial_result(tune_controller, trial, result)
 
 
+def within_bounds(bounds: dict, config: dict) -> dict:
+    """An explored config with each searched number brought back inside the space. Ray's explore multiplies a
+    value by 0.8 or 1.2 and leaves the product where it lands (measured on CIFAR-10: a training epsilon of
+    14.5/255 in a space of at most 12/255, a weight decay under the space's least), so PBT would search a
+    larger space than the fixed-setting search it is compared with, and train outside what the user asked."""
+    for key, (low, high) in bounds.items():
+        config[key] = type(config[key])(min(max(config[key], low), high))
+    return config
+
+
 def population_based_training(cfg) -> PopulationBasedTraining:
     o = cfg.tune.objectives[0]
     mutations = {key: list(d["values"]) if d["type"] == "choice" else tune_distribution(d)
                  for key, d in cfg.tune.space.items()}
+    bounds = {key: (d["low"], d["high"]) for key, d in cfg.tune.space.items() if d["type"] != "choice"}
     return SeededPBT(cfg.tune.seed, time_attr="training_iteration", metric=o.metric, mode=str(o.mode),
-                     perturbation_interval=cfg.tune.scheduler.perturbation_interval, hyperparam_mutations=mutations)
+                     perturbation_interval=cfg.tune.scheduler.perturbation_interval, hyperparam_mutations=mutations,
+                     custom_explore_fn=functools.partial(within_bounds, bounds))
 
 
 def scheduler(cfg) -> TrialScheduler:

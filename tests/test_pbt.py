@@ -121,3 +121,18 @@ def test_pbt_explores_from_its_own_generator_seeded_with_tune_seed():
     np.random.seed(2)
     assert explores(0) == first and explores(1) != first  # the same seed explores alike, whatever else drew
     assert len({tuple(c.values()) for c in first}) > 1
+
+
+def test_pbt_explores_stay_inside_the_searched_space():
+    from ray.tune.schedulers.pbt import _explore
+
+    cfg = config.load([], "afd_pbt")
+    pbt = stopping.scheduler(cfg)
+    space = {key: (d["low"], d["high"]) for key, d in cfg.tune.space.items()}
+    inside = lambda c: all(low <= c[k] <= high for k, (low, high) in space.items())  # noqa: E731
+    for at in (0, 1):  # parents at the space's lower, then upper, bounds: x0.8 or x1.2 would leave it
+        parent = {key: bounds[at] for key, bounds in space.items()}
+        explored = [[_explore(parent, pbt._hyperparam_mutations, pbt._resample_probability, pbt._perturbation_factors,
+                              explore)[0] for _ in range(20)] for explore in (None, pbt._custom_explore_fn)]
+        assert not all(map(inside, explored[0]))  # Ray's own explore leaves the space
+        assert all(map(inside, explored[1])), explored[1]  # raygap's stays at the bound

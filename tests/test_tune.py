@@ -78,7 +78,9 @@ def test_sigkill_of_the_driver_then_the_same_command_finishes_the_search(tmp_pat
     args = ["search=afd_pareto", "name=killed", "tune.num_samples=3", "tune.scheduler.name=fifo"]
     first, trials = start_search_until_a_trial_completes(tmp_path, path, args, tmp_path / "killed")
     done_before = trials[trials.status == "completed"].set_index("trial_id")
-    # the same command in a second terminal is refused with one line naming the running driver
+    # the same command in a second terminal is refused with one line naming the running driver (stopped
+    # meanwhile, SIGSTOP, so that a loaded machine cannot let it finish the search before the check)
+    os.killpg(first.pid, signal.SIGSTOP)
     beside = tune_cli(tmp_path, path, *args)
     assert beside.returncode == 2 and "] epoch " not in beside.stdout
     assert beside.stderr.count("\n") == 1 and f"another driver (pid {first.pid} on" in beside.stderr
