@@ -132,7 +132,9 @@ def test_pbt_explores_stay_inside_the_searched_space():
     inside = lambda c: all(low <= c[k] <= high for k, (low, high) in space.items())  # noqa: E731
     for at in (0, 1):  # parents at the space's lower, then upper, bounds: x0.8 or x1.2 would leave it
         parent = {key: bounds[at] for key, bounds in space.items()}
-        explored = [[_explore(parent, pbt._hyperparam_mutations, pbt._resample_probability, pbt._perturbation_factors,
-                              explore)[0] for _ in range(20)] for explore in (None, pbt._custom_explore_fn)]
+        with pbt.own_draws():  # seeded: the same draws each run
+            explored = [[_explore(parent, pbt._hyperparam_mutations, pbt._resample_probability,
+                                  pbt._perturbation_factors, explore)[0] for _ in range(20)]
+                        for explore in (None, pbt._custom_explore_fn)]
         assert not all(map(inside, explored[0]))  # Ray's own explore leaves the space
         assert all(map(inside, explored[1])), explored[1]  # raygap's stays at the bound
