@@ -9,8 +9,7 @@ The default space, `afd` (digits), searches the same seven keys as `afd_cifar10_
 Each suggestion is raygap's own (`searcher.sampler` and `searcher.suggest` on the space's config, a sized
 start-up), told a made-up objective; each variant runs in its own process, the two alternating `--repeats`
 times, and the table gives the median over the runs of each run's mean seconds per suggestion after
-the start-up. Without `greenlet`
-installed only the sequential row is measured.
+the start-up. Without `greenlet` installed only the sequential row is measured.
 """
 
 from __future__ import annotations
