@@ -38,10 +38,11 @@ def latest_experiment(root: str = "raygap_results") -> str:
     return max(newest, key=newest.get)
 
 
-def how_to_open(experiment_dir: str, optuna_storage: str = "") -> list[str]:
-    """Commands that open the experiment's study and tables elsewhere (for a bucket too: pandas and DuckDB
-    read it through pyarrow's filesystems, with no fsspec or DuckDB extension to install)."""
-    return [f"{study.dashboard_command(optuna_storage, experiment_dir)}",
+def how_to_open(experiment_dir: str, optuna_storage: str = "", with_study: bool = True) -> list[str]:
+    """Commands that open the experiment's study (`with_study`: study.exists; a PBT search has none) and
+    tables elsewhere (for a bucket too: pandas and DuckDB read it through pyarrow's filesystems, with no fsspec
+    or DuckDB extension to install)."""
+    return [f"{study.dashboard_command(optuna_storage, experiment_dir)}"] * with_study + [
             f"python -c \"import pandas as pd; print(pd.read_parquet('{experiment_dir}/trials'))\"",
             f"python -c \"import duckdb, pyarrow.dataset as ds; epochs = ds.dataset('{experiment_dir}/epochs'); "
             f"print(duckdb.sql('SELECT trial_id, max(robust_acc) FROM epochs GROUP BY trial_id'))\""]

@@ -1,6 +1,6 @@
 """Test-only faults, switched on by environment variables that the reliability tests set; every hook
 does nothing unless its variable is set. The loop calls `at_start` once and `each_batch` per batch; the
-driver and the trials call `crash` at the points named in CRASH_POINTS."""
+driver and the trials call `crash` at the points named in CRASH_POINTS and POPULATION_CRASH_POINTS."""
 
 from __future__ import annotations
 
@@ -22,6 +22,11 @@ CRASH_POINTS = {
     "journal_append": "the driver, right after the study was told a trial's result (an append to the journal)",
     "final_eval": "the driver, when a finalist's examples are written, before its test columns are",
 }
+# Where a PBT search alone calls `crash` (tests/test_pbt.py)
+POPULATION_CRASH_POINTS = {
+    "exploited": "the driver, right after PBT handed a trial another's state (the search's state saved naming it), "
+                 "before the trial restarts from it",
+}
 
 
 def crash(point: str) -> None:
@@ -30,7 +35,7 @@ def crash(point: str) -> None:
     own). The test starts the command in a session of its own (never set this in a shell: it is killed too)."""
     if os.environ.get("RAYGAP_TEST_CRASH") != point:
         return
-    assert point in CRASH_POINTS, point
+    assert point in CRASH_POINTS or point in POPULATION_CRASH_POINTS, point
     kill_session(os.getsid(0))
 
 

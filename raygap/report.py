@@ -16,7 +16,7 @@ import json
 
 import pandas as pd
 
-from raygap import analysis, layout, storage
+from raygap import analysis, layout, storage, study
 from raygap.cli import entry_point
 from raygap.errors import UserError
 
@@ -207,9 +207,12 @@ def run(cfg) -> str:
     for key, figure in analysis.figures(experiment_dir, trials, epochs).items():
         _png(figure, out, key)
         page.append(_figure(key, *FIGURES[key]))
-    page += ["<h2>Open the search elsewhere</h2><p>The Optuna study in optuna-dashboard (<code>pip install -e "
-             "\".[dashboard]\"</code>), then the tables in pandas and DuckDB:</p>",
-             f"<pre>{html.escape(chr(10).join(analysis.how_to_open(experiment_dir, cfg.tune.optuna_storage)))}</pre>",
+    with_study = study.exists(cfg.tune.optuna_storage, experiment_dir)
+    opening = analysis.how_to_open(experiment_dir, cfg.tune.optuna_storage, with_study)
+    study_first = ("The Optuna study in optuna-dashboard (<code>pip install -e \".[dashboard]\"</code>), then the "
+                   "tables" if with_study else "The tables")
+    page += [f"<h2>Open the search elsewhere</h2><p>{study_first} in pandas and DuckDB:</p>",
+             f"<pre>{html.escape(chr(10).join(opening))}</pre>",
              "</body></html>"]
     storage.write_bytes(storage.join(out, "index.html"), "\n".join(page).encode())
     return storage.join(out, "index.html")

@@ -26,11 +26,16 @@ import contextlib
 import functools
 import math
 import random
+import uuid
 
 import numpy as np
+import pyarrow.fs
 
 from ray import tune
+from ray.tune import Checkpoint
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining, TrialScheduler
+
+from raygap import faults
 
 
 def rungs(max_t: int, grace_period: int, reduction_factor: int) -> list[int]:
@@ -115,6 +120,37 @@ class SeededPBT(PopulationBasedTraining):
     def on_trial_result(self, tune_controller, trial, result):
         with self.own_draws():  # where PBT exploits and explores
             return super().on_trial_result(tune_controller, trial, result)
+
+    def _exploit(self, tune_controller, trial, trial_to_clone):
+        """Ray hands the clone the path of the donor's newest checkpoint, and the clone reads it when it next
+        starts. The donor meanwhile trains on and deletes its oldest checkpoints (num_to_keep), so a clone
+        that waits for a free slot, or a search killed before the clone restarted, may find the path gone
+        (measured on CIFAR-10: a search resumed after a kill lost a member after one epoch, "Could not recover
+        from checkpoint as it does not exist on storage anymore"; ray#8441). The clone gets a copy of its
+        own instead, in its own folder: the search's state is saved naming the copy before the clone's older
+        copies go, so at most one per trial outlives the exploit that made it."""
+        super()._exploit(tune_controller, trial, trial_to_clone)
+        handed = trial.run_metadata.checkpoint_manager._latest_checkpoint_result
+        fs, folder = trial.storage.storage_filesystem, trial.storage.trial_fs_path
+        copy = f"{folder}/exploited_from_{trial_to_clone.trial_id}_{uuid.uuid4().hex[:8]}"  # a name no kill can reuse
+        fs.create_dir(copy)  # a local filesystem makes no parent folder when a file is written
+        pyarrow.fs.copy_files(handed.checkpoint.path, copy, source_filesystem=handed.checkpoint.filesystem,
+                              destination_filesystem=fs, use_threads=False)  # threads are unsafe on S3 (ray's note)
+        handed.checkpoint = Checkpoint(copy, filesystem=fs)
+        # Ray changes the checkpoint manager in place, which the cached JSON of the trial's metadata does not see:
+        # without this the saved search still names the clone's own older checkpoint, and a search killed now
+        # restarts the clone from that under the donor's config (measured on the digits, tests/test_pbt.py)
+        trial.run_metadata.invalidate_cache()
+        tune_controller.checkpoint(force=True, wait=True)
+        for older in fs.get_file_info(pyarrow.fs.FileSelector(folder)):
+            if older.base_name.startswith("exploited_") and older.path != copy:
+                fs.delete_dir(older.path)
+        donor, own = self._trial_state[trial_to_clone].last_result, self._trial_state[trial].last_result
+        explored = ", ".join(f"{key} {trial.config[key]:.3g}" if isinstance(trial.config[key], float)
+                             else f"{key} {trial.config[key]}" for key in self._hyperparam_mutations)
+        print(f"[pbt] {trial.trial_id} goes on from {trial_to_clone.trial_id}'s epoch {donor['epoch']} ({self._metric} "
+              f"{donor[self._metric]:.3f} against its {own[self._metric]:.3f}) with {explored}", flush=True)
+        faults.crash("exploited")
 
 
 def within_bounds(bounds: dict, config: dict) -> dict:

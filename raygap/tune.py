@@ -281,8 +281,10 @@ def summary(cfg, experiment_dir: str) -> dict:
     counts = frame.status.value_counts().to_dict()
     print(f"\ntrials: {len(frame)} ({', '.join(f'{n} {s}' for s, n in counts.items())}); "
           f"cost {frame.cpu_seconds.sum():.0f} CPU-seconds, {frame.gpu_seconds.sum():.0f} GPU-seconds")
-    print(f"tables: {experiment_dir}/epochs and {experiment_dir}/trials (Parquet); the study, then the tables:")
-    print("\n".join(f"  {command}" for command in how_to_open(experiment_dir, cfg.tune.optuna_storage)))
+    with_study = study.exists(cfg.tune.optuna_storage, experiment_dir)
+    print(f"tables: {experiment_dir}/epochs and {experiment_dir}/trials (Parquet); "
+          + ("the study, then the tables:" if with_study else "to open them:"))
+    print("\n".join(f"  {command}" for command in how_to_open(experiment_dir, cfg.tune.optuna_storage, with_study)))
     return {"experiment_dir": experiment_dir, "leaderboard": board, "front": front}
 
 
