@@ -320,10 +320,11 @@ def load_comparison(folder: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFra
 
 
 def arm_summary(arms: pd.DataFrame) -> pd.DataFrame:
-    """One row per arm (in the arms table's order): its test accuracies averaged over the seeds, the trials,
-    epochs and compute of its searches summed over them."""
+    """One row per arm (in the arms table's order): its test accuracies averaged over the seeds, the trials
+    (and how many failed), epochs and compute of its searches summed over them."""
     tests = [c for c in arms.columns if c.startswith("test_")]
-    return arms.groupby("arm", sort=False).agg({"trials": "sum", "epochs": "sum", "cpu_seconds": "sum",
+    return arms.groupby("arm", sort=False).agg({"trials": "sum", **({"failed": "sum"} if "failed" in arms else {}),
+                                                "epochs": "sum", "cpu_seconds": "sum",
                                                 "gpu_seconds": "sum", **{c: "mean" for c in tests}})
 
 

@@ -237,7 +237,9 @@ def arm_row(arm: Arm, arm_dir: str) -> tuple[dict, object]:
     examples = results.read_part(layout.part(arm_dir, "examples", trial_id))
     correct = [c for c in examples.columns if c.startswith("correct_")]
     row = {"arm": arm.label, "method": arm.method, "tuned": arm.tuned, "seed": arm.seed, "trial_id": trial_id,
-           "experiment": arm.name, "params": params, "trials": len(runs), "epochs": int(runs.epochs.fillna(0).sum()),
+           "experiment": arm.name, "params": params, "trials": len(runs),
+           "failed": int((runs.status == "failed").sum()) if arm.tuned else 0,
+           "epochs": int(runs.epochs.fillna(0).sum()),
            "cpu_seconds": float(runs.cpu_seconds.sum()), "gpu_seconds": float(runs.gpu_seconds.sum()),
            "examples": len(examples), **{f"test_{c.removeprefix('correct_')}_acc": float(examples[c].mean())
                                           for c in correct}}
@@ -289,7 +291,7 @@ DIFFERENCES = pa.schema([("a", pa.string()), ("b", pa.string()), ("measure", pa.
 
 def arms_schema(frame) -> pa.Schema:
     text = {"arm", "method", "trial_id", "experiment", "params"}
-    types = {"tuned": pa.bool_(), "seed": pa.int64(), "trials": pa.int64(), "epochs": pa.int64(),
+    types = {"tuned": pa.bool_(), "seed": pa.int64(), "trials": pa.int64(), "failed": pa.int64(), "epochs": pa.int64(),
              "examples": pa.int64()}
     return pa.schema([(c, pa.string() if c in text else types.get(c, pa.float64())) for c in frame.columns])
 
@@ -309,6 +311,9 @@ def print_tables(arms, differences, seeds: list) -> None:
         print(f"\ntest accuracy of each arm's finalist (mean over {len(seeds)} seed{'s' * (len(seeds) > 1)}; "
               f"trials, epochs and seconds summed over them):")
         print(board.reset_index().to_string(index=False))
+    for row in arms[arms.failed > 0].itertuples():  # a search that lost trials spent less than its budget
+        print(f"  {row.failed} of {row.trials} trials of {row.arm} at seed {row.seed} failed: that search had less "
+              f"than the others' budget ({row.epochs} epochs); why: the error column of {row.experiment}/trials")
     shown = differences[differences.measure.isin(["robust", "clean"])]
     print(f"\npaired differences a - b in points, with 95% intervals (paired bootstrap over the "
           f"{differences.examples.iloc[0]} test images" + (f" and the {len(seeds)} seeds" if len(seeds) > 1 else "")

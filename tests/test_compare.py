@@ -14,7 +14,7 @@ import pytest
 import ray
 from nbclient import NotebookClient
 
-from raygap import analysis, results
+from raygap import analysis, compare, results
 from raygap.config import load
 from raygap.compare import own_space, plan
 from raygap.recorder import LOST
@@ -114,6 +114,23 @@ def comparison(tmp_path_factory, natural_digits):
     proc = run_cli("compare", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return storage / "short", proc, args
+
+
+def test_a_search_that_lost_trials_is_named_under_the_comparison_table(capsys):
+    """A failed trial shrinks its search's budget (a CIFAR-10 PBT member lost its donor's checkpoint): the
+    printout says which search, by how much and where the reason is, so the table is not read as equal."""
+    rows = [{"arm": "afd, PBT schedule", "seed": 1, "trials": 8, "failed": 1, "epochs": 29,
+             "experiment": "afd-pbt-seed1"},
+            {"arm": "afd, best fixed schedule", "seed": 1, "trials": 8, "failed": 0, "epochs": 32,
+             "experiment": "afd-fixed-seed1"}]
+    arms = pd.DataFrame([{**r, "cpu_seconds": 10.0, "gpu_seconds": 0.0, "test_clean_acc": 0.46,
+                          "test_robust_acc": 0.21} for r in rows])
+    differences = pd.DataFrame([{"a": rows[0]["arm"], "b": rows[1]["arm"], "measure": "robust", "difference": 0.001,
+                                 "low": -0.011, "high": 0.012, "examples": 1000}])
+    compare.print_tables(arms, differences, [1])
+    out = capsys.readouterr().out
+    assert "1 of 8 trials of afd, PBT schedule at seed 1 failed" in out and "(29 epochs)" in out, out
+    assert "afd-pbt-seed1/trials" in out and "fixed schedule at seed 1 failed" not in out
 
 
 @pytest.mark.slow
